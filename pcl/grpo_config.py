@@ -1,0 +1,46 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .self_assessment_config import SelfAssessmentArguments
+
+
+@dataclass
+class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
+    r"""
+    Configuration class for [`PCLGRPOTrainer`] (online RL with post-completion learning).
+
+    Every parameter of [`~trl.GRPOConfig`] is accepted unchanged; the self-assessment options are documented in
+    [`SelfAssessmentArguments`]. The true reward of each completion is the weighted sum of the reward functions
+    (`reward_weights`), normalised with `self_assessment_reward_range`.
+
+    Parameters:
+        self_assessment_mode (`str`, *optional*, defaults to `"teacher_forced"`):
+            - `"teacher_forced"`: the marker stops rollouts; after scoring, each completion gets
+              `MARKER SCORE EOS` with its true reward, trained by an NLL term of weight `self_assessment_weight`
+              from the same forward pass.
+            - `"generated"` (the paper's white-box RL): the marker is not a stop, the model writes its own
+              assessment, a Brier consistency reward `1 - (p - g)^2` scores it, and that reward's group-normalised
+              advantage is applied to the assessment tokens only.
+            - `"both"`: `"generated"` plus the teacher-forced NLL of the true score at the written score's position.
+    """
+
+    self_assessment_mode: str = field(
+        default="teacher_forced",
+        metadata={
+            "help": "'teacher_forced' (append the true score), 'generated' (model writes it, Brier consistency "
+            "reward), or 'both'.",
+            "choices": ["teacher_forced", "generated", "both"],
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_self_assessment()
+        if self.self_assessment_mode not in ("teacher_forced", "generated", "both"):
+            raise ValueError(
+                "`self_assessment_mode` must be 'teacher_forced', 'generated' or 'both', got "
+                f"{self.self_assessment_mode!r}."
+            )

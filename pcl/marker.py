@@ -1,0 +1,142 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""The marker token: added to the tokenizer, listed as an EOS id of the model, saved with every checkpoint.
+
+Because the marker is one special token in `model.generation_config.eos_token_id`, plain `generate()`, TRL's rollouts
+and vLLM (`stop_token_ids`) all stop there with no extra code, and the saved model stops there in any engine.
+"""
+
+import json
+import os
+from dataclasses import asdict
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .segment import SegmentFormat, SegmentTokens
+
+
+# Key under which the segment format is saved in `config.json`, so a checkpoint describes its own segment
+CONFIG_KEY = "post_completion"
+
+
+def add_marker_token(tokenizer: PreTrainedTokenizerBase, marker: str) -> int:
+    """Make `marker` a single special token of `tokenizer` (adding it if the vocabulary lacks it); return its id."""
+    if marker not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [marker]}, replace_extra_special_tokens=False)
+    ids = tokenizer.encode(marker, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"The marker {marker!r} is split into {len(ids)} tokens {ids} by this tokenizer. The marker must be one "
+            "token: pick a string that is not in the vocabulary (PCL then adds it as a special token), or the name of "
+            "an existing special/reserved token of the base model."
+        )
+    return ids[0]
+
+
+def eos_ids_of(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, marker_id: int) -> list[int]:
+    """Every id that ends a sequence (tokenizer EOS and the model's EOS ids), excluding the marker."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    if model is not None:
+        gen_eos = model.generation_config.eos_token_id
+        ids += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    ids = [i for i in dict.fromkeys(ids) if i != marker_id]
+    if not ids:
+        raise ValueError("The tokenizer has no `eos_token`: PCL needs an EOS token to close the self-assessment.")
+    return ids
+
+
+def segment_tokens(
+    tokenizer: PreTrainedTokenizerBase, fmt: SegmentFormat, model: PreTrainedModel | None = None
+) -> SegmentTokens:
+    """Resolve a [`SegmentFormat`] to token ids, checking that it tokenises the same alone and in context."""
+    marker_id = add_marker_token(tokenizer, fmt.marker)
+    prefix_ids = tokenizer.encode(fmt.prefix, add_special_tokens=False) if fmt.prefix else []
+    level_ids = []
+    for text in fmt.level_texts():
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"Score level {text!r} is {len(ids)} tokens with this tokenizer; each level must be a single token so "
+                f"the self-score can be read in one forward pass. Use `self_assessment_levels` <= 10 (digits 0-9)."
+            )
+        in_context = tokenizer.encode(fmt.marker + fmt.prefix + text, add_special_tokens=False)
+        if in_context != [marker_id, *prefix_ids, ids[0]]:
+            raise ValueError(
+                f"The assessment {fmt.prefix + text!r} tokenises differently after the marker ({in_context}) than "
+                f"alone ({[marker_id, *prefix_ids, ids[0]]}). Change `self_assessment_prefix` (e.g. end it with a "
+                "space or ':' so it does not merge with the score)."
+            )
+        level_ids.append(ids[0])
+    eos_ids = eos_ids_of(model, tokenizer, marker_id)
+    return SegmentTokens(
+        marker_id=marker_id,
+        prefix_ids=tuple(prefix_ids),
+        level_ids=tuple(level_ids),
+        eos_id=tokenizer.eos_token_id,
+        eos_ids=tuple(eos_ids),
+    )
+
+
+def prepare_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: SegmentFormat) -> SegmentTokens:
+    """Resize the embeddings for a newly added marker, make the marker a stop id, and record the format.
+
+    `resize_token_embeddings` gathers partitioned parameters itself under DeepSpeed ZeRO-3.
+    """
+    tokens = segment_tokens(tokenizer, fmt, model)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    gen = model.generation_config
+    eos = gen.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    for i in (*tokens.eos_ids, tokens.marker_id):
+        if i not in eos:
+            eos.append(i)
+    gen.eos_token_id = eos
+    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    setattr(model.config, CONFIG_KEY, {**asdict(fmt), "reward_range": list(fmt.reward_range)})
+    return tokens
+
+
+def format_of(model: PreTrainedModel) -> SegmentFormat:
+    """The [`SegmentFormat`] a PCL checkpoint was trained with (saved in its `config.json`)."""
+    saved = getattr(model.config, CONFIG_KEY, None)
+    if saved is None:
+        raise ValueError(
+            f"This model has no `{CONFIG_KEY}` entry in its config: it was not trained with PCL (or was saved without "
+            "`pcl.marker.prepare_model`), so its marker and score format are unknown."
+        )
+    return SegmentFormat(**{**saved, "reward_range": tuple(saved["reward_range"])})
+
+
+def load_pcl_model(path: str, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SegmentTokens]:
+    """Load a PCL checkpoint for deployment or introspection, refusing ones whose marker setup is broken."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No model directory at {path!r}.")
+    files = set(os.listdir(path))
+    missing = [f for f in ("config.json", "generation_config.json") if f not in files]
+    if not any(f.endswith(".safetensors") or f.endswith(".bin") for f in files):
+        missing.append("model weights (*.safetensors)")
+    if not any(f.startswith("tokenizer") for f in files):
+        missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
+    if missing:
+        raise FileNotFoundError(f"{path!r} is not a complete checkpoint: missing {', '.join(missing)}.")
+    with open(os.path.join(path, "config.json")) as f:
+        saved = json.load(f).get(CONFIG_KEY)
+    if saved is None:
+        raise ValueError(f"{path!r} was not trained with PCL: its config.json has no `{CONFIG_KEY}` entry.")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if saved["marker"] not in tokenizer.get_vocab():
+        raise ValueError(
+            f"The tokenizer saved in {path!r} lacks the marker {saved['marker']!r}: it would be split into ordinary "
+            "tokens. Save the tokenizer the PCL trainer used (the trainer saves it with each checkpoint)."
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    fmt = format_of(model)
+    tokens = segment_tokens(tokenizer, fmt, model)
+    gen_eos = model.generation_config.eos_token_id
+    if tokens.marker_id not in ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])):
+        raise ValueError(
+            f"The generation config in {path!r} does not list the marker id {tokens.marker_id} as an EOS id, so "
+            "generation would write the self-assessment. Re-save with `pcl.marker.prepare_model`."
+        )
+    return model, tokenizer, tokens

@@ -1,0 +1,81 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""Options shared by every PCL config: how the self-assessment segment is written and weighted."""
+
+from dataclasses import dataclass, field
+
+from .segment import DEFAULT_MARKER, SegmentFormat
+
+
+@dataclass
+class SelfAssessmentArguments:
+    r"""
+    Options of the self-assessment segment `MARKER [prefix] SCORE EOS`, mixed into [`PCLSFTConfig`] and
+    [`PCLGRPOConfig`].
+
+    Parameters:
+        self_assessment_marker (`str`, *optional*, defaults to `"<|post_completion|>"`):
+            Marker written after the answer. Must be one token: if the tokenizer lacks it, it is added as a special
+            token and the embeddings are resized; naming an existing special (e.g. reserved) token of the base model
+            avoids the resize. It becomes an EOS id of the saved model, so inference stops there.
+        self_assessment_levels (`int`, *optional*, defaults to `10`):
+            Number of score levels; level `k` (written as the integer `k`) means a normalised reward of
+            `k / (levels - 1)`. Each level must be a single token (digits `0`-`9` are on every common tokenizer).
+        self_assessment_prefix (`str`, *optional*, defaults to `""`):
+            Fixed text between the marker and the score, e.g. `"confidence: "`.
+        self_assessment_reward_range (`list[float]`, *optional*, defaults to `[0.0, 1.0]`):
+            Declared range `[lo, hi]` of the reward (of the weighted sum of the reward functions), used to normalise
+            it into `[0, 1]`.
+        self_assessment_out_of_range (`str`, *optional*, defaults to `"error"`):
+            What to do with a reward outside the declared range: `"error"` (refuse) or `"clip"`.
+        self_assessment_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the teacher-forced loss on the assessment tokens (score and closing EOS). `0.0` trains exactly
+            like the parent TRL trainer.
+    """
+
+    self_assessment_marker: str = field(
+        default=DEFAULT_MARKER,
+        metadata={"help": "Marker written after the answer; one (special) token, added to the tokenizer if missing."},
+    )
+    self_assessment_levels: int = field(
+        default=10,
+        metadata={"help": "Number of score levels; level k means a normalised reward of k / (levels - 1)."},
+    )
+    self_assessment_prefix: str = field(
+        default="", metadata={"help": "Fixed text between the marker and the score, e.g. 'confidence: '."}
+    )
+    self_assessment_reward_range: list[float] = field(
+        default_factory=lambda: [0.0, 1.0],
+        metadata={"help": "Declared range [lo, hi] of the (weighted) reward, used to normalise it into [0, 1]."},
+    )
+    self_assessment_out_of_range: str = field(
+        default="error",
+        metadata={"help": "Reward outside the declared range: 'error' or 'clip'.", "choices": ["error", "clip"]},
+    )
+    self_assessment_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the teacher-forced loss on the assessment tokens."}
+    )
+
+    def _validate_self_assessment(self) -> None:
+        self.segment_format  # noqa: B018 -- builds and validates the format
+        if not self.self_assessment_weight >= 0.0:
+            raise ValueError(f"`self_assessment_weight` must be >= 0, got {self.self_assessment_weight}.")
+        if getattr(self, "use_liger_kernel", False):
+            raise ValueError(
+                "`use_liger_kernel=True` is not supported by PCL: Liger's kernels replace the model forward that PCL "
+                "reads its self-assessment loss from. Set `use_liger_kernel=False` (or use Hub kernels with "
+                '`model_init_kwargs={"use_kernels": True}`).'
+            )
+
+    @property
+    def segment_format(self) -> SegmentFormat:
+        if len(self.self_assessment_reward_range) != 2:
+            raise ValueError(
+                f"`self_assessment_reward_range` must be [lo, hi], got {self.self_assessment_reward_range}."
+            )
+        return SegmentFormat(
+            marker=self.self_assessment_marker,
+            levels=self.self_assessment_levels,
+            prefix=self.self_assessment_prefix,
+            reward_range=tuple(self.self_assessment_reward_range),
+            out_of_range=self.self_assessment_out_of_range,
+        )

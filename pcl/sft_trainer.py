@@ -1,0 +1,183 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+
+import math
+import textwrap
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoTokenizer, PreTrainedModel
+from trl import SFTTrainer
+
+from .marker import prepare_model, segment_tokens
+from .segment import SegmentFormat, empty_segment_mask, score_mask, segment_mask
+from .sft_config import PCLSFTConfig
+
+
+PAPER = {
+    "title": "Post-Completion Learning for Language Models",
+    "id": "2507.20252",
+    # docstyle-ignore
+    "citation": textwrap.dedent(
+        """\
+        @article{fei2025post,
+            title        = {{Post-Completion Learning for Language Models}},
+            author       = {Xiang Fei and Siqi Wang and Shu Wei and Yuxiang Nie and Wei Shi and Hao Feng and Can Huang},
+            year         = 2025,
+            eprint       = {arXiv:2507.20252}
+        }"""
+    ),
+}
+
+
+def _completion_text(completion) -> str:
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def render_rows(dataset: Dataset | IterableDataset, fmt: SegmentFormat, reward_column: str, name: str = "train"):
+    """Append the segment to every row's completion: `MARKER [prefix] SCORE` with a reward, `MARKER` without.
+
+    Refuses rows that would train silently wrong: missing prompt/completion, a marker already in the data, rewards
+    that are NaN, infinite or out of the declared range.
+    """
+    columns = dataset.column_names
+    if columns is not None and not {"prompt", "completion"} <= set(columns):
+        raise ValueError(
+            f"PCLSFTTrainer needs prompt/completion rows (the segment goes after the completion), but the {name} "
+            f"dataset has columns {columns}. Convert it to TRL's prompt-completion format."
+        )
+
+    def render(row, idx):
+        prompt, completion = row["prompt"], row["completion"]
+        if not prompt or not completion:
+            raise ValueError(f"Row {idx} of the {name} dataset has an empty prompt or completion.")
+        if not isinstance(completion, (str, list)) or (isinstance(completion, list) and not completion):
+            raise ValueError(f"Row {idx} of the {name} dataset: completion must be a string or a list of messages.")
+        texts = [prompt, completion] if isinstance(prompt, str) else [*prompt, *completion]
+        for text in texts:
+            if fmt.marker in (text if isinstance(text, str) else str(text.get("content", ""))):
+                raise ValueError(
+                    f"Row {idx} of the {name} dataset already contains the marker {fmt.marker!r}; it would be "
+                    "mistaken for a segment. Choose another `self_assessment_marker` or clean the data."
+                )
+        reward = row.get(reward_column)
+        if isinstance(reward, float) and math.isnan(reward):
+            raise ValueError(
+                f"Row {idx} of the {name} dataset has a NaN reward in column {reward_column!r}; use None for rows "
+                "without a reward."
+            )
+        try:
+            segment = fmt.render(reward)
+        except ValueError as e:
+            raise ValueError(f"Row {idx} of the {name} dataset: {e}") from None
+        if isinstance(completion, str):
+            completion = completion + segment
+        else:
+            completion = [*completion[:-1], {**completion[-1], "content": completion[-1]["content"] + segment}]
+        return {"completion": completion}
+
+    remove = [reward_column] if columns is not None and reward_column in columns else None
+    return dataset.map(render, with_indices=True, remove_columns=remove)
+
+
+class PCLSFTTrainer(SFTTrainer):
+    """
+    Dual-track SFT for [Post-Completion Learning](https://huggingface.co/papers/2507.20252).
+
+    Each row trains `completion MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
+    `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The completion and the marker
+    keep weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get
+    weight `self_assessment_weight`. Rows without a reward train `completion MARKER` and put no loss after it.
+
+    Only `__init__` (render the segment, add the marker token) and `compute_loss` (reweight the per-token log-probs
+    of TRL's fused LM head, log self-assessment metrics) are overridden. The segment is found in `input_ids` at loss
+    time, so truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged.
+    Everything else is inherited from [`~trl.SFTTrainer`].
+
+    Example:
+
+    ```python
+    from datasets import Dataset
+    from pcl import PCLSFTConfig, PCLSFTTrainer
+
+    dataset = Dataset.from_list([{"prompt": "2 + 2 =", "completion": " 4", "reward": 1.0}])
+    trainer = PCLSFTTrainer(model="Qwen/Qwen2.5-0.5B", args=PCLSFTConfig(output_dir="out"), train_dataset=dataset)
+    trainer.train()
+    ```
+
+    Args:
+        model, args, train_dataset, eval_dataset, processing_class, **kwargs:
+            As for [`~trl.SFTTrainer`]; `args` is a [`PCLSFTConfig`]. `processing_class` is loaded from `model` when
+            omitted, and the marker is added to it.
+    """
+
+    _tag_names = ["trl", "sft", "pcl"]
+    _name = "PCL-SFT"
+    _paper = PAPER
+
+    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            args = PCLSFTConfig(f"{model_name.split('/')[-1]}-PCL-SFT")
+        if not isinstance(args, PCLSFTConfig):
+            raise TypeError(f"`args` must be a PCLSFTConfig, got {type(args).__name__}.")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(
+                model if isinstance(model, str) else model.config._name_or_path
+            )
+        fmt = args.segment_format
+        # The marker must be a token before SFTTrainer tokenises the datasets in its __init__
+        segment_tokens(processing_class, fmt)
+        column = args.self_assessment_reward_column
+        if train_dataset is not None:
+            train_dataset = render_rows(train_dataset, fmt, column, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: render_rows(v, fmt, column, f"eval ({k})") for k, v in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = render_rows(eval_dataset, fmt, column, "eval")
+        super().__init__(
+            model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
+            **kwargs,
+        )  # fmt: skip
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.segment_tokens = prepare_model(base, processing_class, fmt)
+        self._pcl_stats = None
+        base.register_forward_hook(self._reweight_log_probs, with_kwargs=True)
+
+    def _reweight_log_probs(self, module: PreTrainedModel, args, kwargs, output):
+        # Runs inside the model's forward, on the outputs of TRL's fused LM head: weight the segment's log-probs
+        if not kwargs.get("fused_lm_head") or kwargs.get("shift_labels") is not None:
+            return None
+        input_ids, tokens = kwargs["input_ids"], self.segment_tokens
+        # log_probs[:, t] scores input_ids[:, t + 1]
+        in_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:]
+        empty = empty_segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:]
+        scored = in_segment & ~empty & output.label_mask.bool()
+        weight = torch.ones_like(output.log_probs)
+        weight = weight.masked_fill(scored, self.args.self_assessment_weight).masked_fill(empty, 0.0)
+        is_score = score_mask(input_ids, tokens)[:, 1:] & output.label_mask.bool()
+        with torch.no_grad():
+            top1 = output.is_top1 if output.is_top1 is not None else torch.zeros_like(is_score)
+            self._pcl_stats = torch.stack(
+                [
+                    -(output.log_probs * scored).sum(),
+                    scored.sum(),
+                    (top1.bool() & is_score).sum(),
+                    is_score.sum(),
+                ]
+            ).float()
+        output.log_probs = output.log_probs * weight
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._pcl_stats = None
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if self._pcl_stats is not None:
+            mode = "train" if self.model.training else "eval"
+            nll, n_tokens, correct, n_scores = self.accelerator.reduce(self._pcl_stats, reduction="sum").tolist()
+            if n_tokens > 0:
+                self._metrics[mode]["self_assessment/nll"].append(nll / n_tokens)
+            if n_scores > 0:
+                self._metrics[mode]["self_assessment/accuracy"].append(correct / n_scores)
+        return result
