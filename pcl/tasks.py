@@ -1,0 +1,401 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""Training/evaluation tasks and their reward functions, looked up by name.
+
+A task is a reasoning-gym dataset (``"chain_sum"``, ``"composite"``, ...) or a ``.jsonl`` file of
+``{"prompt": ..., "answer": ...}`` rows. :func:`load_task` turns a :class:`TaskSpec` into a
+``datasets.Dataset`` with the columns ``prompt``, ``answer``, ``task`` and ``entry``;
+:func:`make_reward_func` returns a TRL reward function that re-runs the task's verifier on each completion,
+using the ``entry`` column that TRL passes through as a keyword argument.
+
+reasoning-gym derives item ``idx`` from ``random.Random(seed + idx)``, so datasets whose seeds are close are
+shifted copies of each other. Keep train and eval seeds at least ``10**6`` apart and use :func:`held_out` to
+drop the few eval prompts that still occur in the training set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+
+__all__ = [
+    "TaskSpec",
+    "decode_entry",
+    "encode_entry",
+    "held_out",
+    "load_task",
+    "make_reward_func",
+    "resolve_reward_func",
+]
+
+_COLUMNS = ("prompt", "answer", "task", "entry")
+# JSON has no tuples and only string keys, but some verifiers compare metadata against tuples (arc_agi, rearc)
+# and some metadata dicts have int keys (graph_color): tag both so entries round-trip exactly.
+_TUPLE_TAG = "__tuple__"
+_ITEMS_TAG = "__items__"
+# Only a pure arithmetic expression is safe to show without its instruction: it is still the whole problem.
+_ARITH_EXPR = re.compile(r"[0-9\s+\-*/().]+")
+
+
+@dataclass
+class TaskSpec:
+    """What to load: a reasoning-gym dataset name, ``"composite"``, or a path to a ``.jsonl`` file.
+
+    ``size``, ``seed``, ``config`` and ``strip_prefix`` apply to reasoning-gym tasks only; a JSONL file is
+    loaded whole, as written.
+    """
+
+    name: str
+    size: int = 1000
+    seed: int = 0
+    config: dict = field(default_factory=dict)
+    strip_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"TaskSpec.name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
+            raise ValueError(f"TaskSpec.size must be a positive integer, got {self.size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"TaskSpec.seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.config, dict):
+            raise ValueError(f"TaskSpec.config must be a dict of reasoning-gym config kwargs, got {self.config!r}")
+        # Passing these twice to create_dataset would fail with an obscure TypeError.
+        clash = sorted({"size", "seed"} & set(self.config))
+        if clash:
+            raise ValueError(
+                f"TaskSpec.config must not contain {clash}: set them as TaskSpec fields (e.g. size=..., seed=...)"
+            )
+
+    @property
+    def is_jsonl(self) -> bool:
+        """Whether ``name`` is a path to a JSONL file rather than a reasoning-gym dataset name."""
+        return self.name.endswith(".jsonl")
+
+    @property
+    def task_name(self) -> str:
+        """Short name for logs and the ``task`` column: the file stem for JSONL, else ``name``."""
+        return Path(self.name).stem if self.is_jsonl else self.name
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+        """Build a spec from a plain dict (e.g. a YAML recipe section); unknown keys are an error, not ignored."""
+        if not isinstance(d, dict):
+            raise ValueError(f"task spec must be a mapping, got {type(d).__name__}: {d!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown task spec key(s) {unknown}; valid keys are {known}")
+        if "name" not in d:
+            raise ValueError(f"task spec needs a 'name' (a reasoning-gym dataset or a .jsonl path), got {d!r}")
+        return cls(**d)
+
+
+def encode_entry(entry: dict[str, Any]) -> str:
+    """Serialise a reasoning-gym entry to JSON, keeping tuples and non-string dict keys (see :func:`decode_entry`)."""
+
+    def tag(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return {_TUPLE_TAG: [tag(v) for v in x]}
+        if isinstance(x, list):
+            return [tag(v) for v in x]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) for k in x):
+                return {k: tag(v) for k, v in x.items()}
+            return {_ITEMS_TAG: [[tag(k), tag(v)] for k, v in x.items()]}
+        return x
+
+    # default=str: an exotic metadata value must not stop training; verifiers read answer/metadata fields.
+    return json.dumps(tag(entry), default=str, ensure_ascii=False)
+
+
+def decode_entry(text: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_entry`; plain JSON (e.g. a JSONL row) decodes as usual."""
+
+    def untag(d: dict[str, Any]) -> Any:
+        if len(d) == 1 and _TUPLE_TAG in d:
+            return tuple(d[_TUPLE_TAG])
+        if len(d) == 1 and _ITEMS_TAG in d:
+            # Tuple keys arrive as tuples already: object_hook runs on inner objects first.
+            return dict(d[_ITEMS_TAG])
+        return d
+
+    return json.loads(text, object_hook=untag)
+
+
+def _registry() -> dict[str, Any]:
+    # Imported lazily: reasoning_gym registers ~100 generators on import, which slows every CLI start.
+    from reasoning_gym.factory import DATASETS
+
+    return DATASETS
+
+
+def _check_name(name: str) -> None:
+    names = _registry()
+    if name in names:
+        return
+    close = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"unknown task {name!r}: not a reasoning-gym dataset and not a .jsonl path.{hint} "
+        f"{len(names)} datasets are available; list them with "
+        "`python -c 'import reasoning_gym.factory as f; print(sorted(f.DATASETS))'`."
+    )
+
+
+def _composite_config(config: dict) -> dict:
+    """Turn plain-dict sub-dataset specs into reasoning-gym's DatasetSpec, checking each name."""
+    from reasoning_gym.composite import DatasetSpec
+
+    config = dict(config)
+    subs = config.get("datasets")
+    if not subs:
+        raise ValueError(
+            "a composite task needs config={'datasets': [{'name': 'chain_sum', 'weight': 1.0, 'config': {...}}, ...]}"
+        )
+    specs = []
+    for sub in subs:
+        if isinstance(sub, dict):
+            extra = sorted(set(sub) - {"name", "weight", "config"})
+            if "name" not in sub or extra:
+                raise ValueError(f"composite sub-dataset {sub!r} needs a 'name' and only 'weight'/'config' besides")
+            sub = DatasetSpec(name=sub["name"], weight=sub.get("weight", 1.0), config=dict(sub.get("config") or {}))
+        _check_name(sub.name)
+        specs.append(sub)
+    config["datasets"] = specs
+    return config
+
+
+def _create(spec: TaskSpec) -> Any:
+    """Build the reasoning-gym dataset object for ``spec``, turning config mistakes into readable errors."""
+    import reasoning_gym
+
+    _check_name(spec.name)
+    config = _composite_config(spec.config) if spec.name == "composite" else spec.config
+    try:
+        return reasoning_gym.create_dataset(spec.name, size=spec.size, seed=spec.seed, **config)
+    except TypeError as e:
+        # The config dataclass rejects unknown kwargs with a TypeError that does not list the valid ones.
+        config_cls = _registry()[spec.name][1]
+        valid = [f.name for f in dataclasses.fields(config_cls) if f.name not in ("size", "seed")]
+        raise ValueError(f"bad config for task {spec.name!r}: {e}. Valid config keys: {valid}") from e
+    except AssertionError as e:
+        # reasoning-gym validates configs with bare asserts.
+        raise ValueError(f"invalid config for task {spec.name!r} ({spec.config}): {e}") from e
+
+
+def _strip_instruction(question: str, metadata: Any) -> str:
+    """Reduce an arithmetic question to ``"<expression> ="``; leave any other question unchanged.
+
+    Arithmetic generators (chain_sum, basic_arithmetic, products, decimal_chain_sum) record the bare expression
+    in ``metadata["expression"]``. Requiring it to occur verbatim in a one-line question keeps us from touching
+    tasks where ``expression`` means something else (in countdown it is the solution).
+    """
+    expr = metadata.get("expression") if isinstance(metadata, dict) else None
+    if (
+        isinstance(expr, str)
+        and expr.strip()
+        and _ARITH_EXPR.fullmatch(expr)
+        and "\n" not in question.strip()
+        and expr in question
+    ):
+        return f"{expr.strip()} ="
+    return question
+
+
+def _load_reasoning_gym(spec: TaskSpec) -> dict[str, list[str]]:
+    ds = _create(spec)
+    rows: dict[str, list[str]] = {c: [] for c in _COLUMNS}
+    for entry in ds:
+        question = entry["question"]
+        metadata = entry.get("metadata")
+        rows["prompt"].append(_strip_instruction(question, metadata) if spec.strip_prefix else question)
+        # Some tasks (boxnet, graph_color, rush_hour, ...) have no single gold answer, only a verifier.
+        rows["answer"].append("" if entry.get("answer") is None else str(entry["answer"]))
+        # For composite, name the sub-dataset so per-task metrics are possible.
+        source = metadata.get("source_dataset") if isinstance(metadata, dict) else None
+        rows["task"].append(source if spec.name == "composite" and isinstance(source, str) else spec.name)
+        rows["entry"].append(encode_entry(entry))
+    return rows
+
+
+def _load_jsonl(spec: TaskSpec) -> dict[str, list[str]]:
+    path = Path(spec.name)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL task file not found: {path}")
+    fix = 'each line must be a JSON object like {"prompt": "2 + 2 =", "answer": "4"}'
+    rows: dict[str, list[str]] = {c: [] for c in _COLUMNS}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg}); {fix}") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}; {fix}")
+            for key in ("prompt", "answer"):
+                if key not in row:
+                    raise ValueError(f"{where}: missing key {key!r}; {fix}")
+                if not isinstance(row[key], str):
+                    raise ValueError(
+                        f"{where}: {key!r} must be a string, got {type(row[key]).__name__} {row[key]!r}; "
+                        f'quote it, e.g. "{key}": "{row[key]}"'
+                    )
+                if not row[key].strip():
+                    raise ValueError(f"{where}: {key!r} is empty; give a non-empty {key} or delete the line")
+            rows["prompt"].append(row["prompt"])
+            rows["answer"].append(row["answer"])
+            rows["task"].append(spec.task_name)
+            rows["entry"].append(json.dumps(row, ensure_ascii=False))
+    return rows
+
+
+def load_task(spec: TaskSpec) -> datasets.Dataset:
+    """Load a task as a ``datasets.Dataset`` with string columns ``prompt``, ``answer``, ``task``, ``entry``.
+
+    ``entry`` is the full reasoning-gym entry (or JSONL row) as JSON, so the verifier can be re-run later;
+    decode it with :func:`decode_entry`. For ``composite`` tasks, ``task`` names each row's sub-dataset.
+    """
+    rows = _load_jsonl(spec) if spec.is_jsonl else _load_reasoning_gym(spec)
+    if not rows["prompt"]:
+        raise ValueError(f"task {spec.name!r} is empty: it produced no rows")
+    features = datasets.Features({c: datasets.Value("string") for c in _COLUMNS})
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def _completion_text(completion: Any) -> str:
+    """Text of a completion: a plain string, or the content of the last message of a conversation."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        content = completion.get("content", "")
+    elif isinstance(completion, (list, tuple)) and completion:
+        return _completion_text(completion[-1])
+    else:
+        return ""
+    if isinstance(content, list):
+        # Multimodal message format: [{"type": "text", "text": ...}, ...].
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _jsonl_match(answer: str, gold: str) -> bool:
+    answer, gold = answer.strip(), gold.strip()
+    if answer == gold:
+        return True
+    try:
+        a, g = float(answer), float(gold)
+    except ValueError:
+        return False
+    return math.isfinite(a) and a == g
+
+
+def make_reward_func(spec: TaskSpec, threshold: float = 1.0) -> Callable[..., list[float | None]]:
+    """Return a TRL reward function ``f(prompts, completions, entry, **kwargs) -> list[float | None]``.
+
+    Each completion scores 1.0 if the task's verifier gives it at least ``threshold``, else 0.0, so partial
+    credit counts as wrong. A row whose ``task`` column (when TRL passes it) belongs to another task scores
+    None, which lets several reward functions share one mixed dataset.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if spec.is_jsonl:
+        dataset = None
+        own_tasks = {spec.task_name}
+    else:
+        # Verifiers only read entry['answer'] / entry['metadata'], so one dataset object serves any seed.
+        dataset = _create(spec)
+        own_tasks = set(dataset.datasets) if spec.name == "composite" else {spec.name}
+
+    def score(text: str, entry_json: str) -> float:
+        if dataset is None:
+            return 1.0 if _jsonl_match(text, json.loads(entry_json)["answer"]) else 0.0
+        try:
+            value = dataset.score_answer(text.strip(), entry=decode_entry(entry_json))
+        except Exception:
+            # A verifier crashing on malformed model output means the answer is wrong, not that training stops.
+            return 0.0
+        return 1.0 if value is not None and value >= threshold else 0.0
+
+    def reward_func(
+        prompts: list[Any], completions: list[Any], entry: list[str] | None = None, **kwargs: Any
+    ) -> list[float | None]:
+        if entry is None:
+            raise ValueError(
+                f"{reward_func.__name__} needs the dataset's 'entry' column; keep it (do not remove unused columns)"
+            )
+        tasks = kwargs.get("task")
+        rewards: list[float | None] = []
+        for i, (completion, entry_json) in enumerate(zip(completions, entry, strict=True)):
+            if tasks is not None and tasks[i] not in own_tasks:
+                rewards.append(None)
+            else:
+                rewards.append(score(_completion_text(completion), entry_json))
+        return rewards
+
+    reward_func.__name__ = reward_func.__qualname__ = f"{spec.task_name}_accuracy"
+    return reward_func
+
+
+def resolve_reward_func(ref: str) -> Callable:
+    """Import a user reward function from ``"module.path:function"`` (``function`` may be dotted)."""
+    module_name, sep, attr_path = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+    parts = attr_path.split(".")
+    if (
+        not sep
+        or ":" in attr_path
+        or not all(p.isidentifier() for p in module_name.split("."))
+        or not all(p.isidentifier() for p in parts)
+    ):
+        raise ValueError(f"reward function reference must look like 'module.path:function', got {ref!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"cannot import module {module_name!r} for reward function {ref!r}: {e}") from e
+    for part in parts:
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise AttributeError(f"module {module_name!r} has no function {attr_path!r} (from {ref!r})") from e
+    if not callable(obj):
+        raise TypeError(f"{ref!r} resolves to a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _prompt_text(prompt: Any) -> str:
+    """Whitespace-normalised prompt text; conversational prompts are joined message contents."""
+    if not isinstance(prompt, str):
+        if isinstance(prompt, dict):
+            prompt = [prompt]
+        prompt = "\n".join(_completion_text([m]) for m in prompt)
+    return " ".join(prompt.split())
+
+
+def held_out(
+    eval_ds: datasets.Dataset, train_prompts: Iterable[str]
+) -> tuple[datasets.Dataset, datasets.Dataset, int]:
+    """Mark eval prompts that also occur in training and split them off.
+
+    Returns ``(eval_ds with a boolean 'seen' column, the unseen rows, number of seen rows)``. Prompts are
+    compared after collapsing whitespace.
+    """
+    train = {_prompt_text(p) for p in train_prompts}
+    seen = [_prompt_text(p) in train for p in eval_ds["prompt"]]
+    if "seen" in eval_ds.column_names:
+        eval_ds = eval_ds.remove_columns("seen")
+    marked = eval_ds.add_column("seen", seen)
+    unseen = marked.select([i for i, s in enumerate(seen) if not s])
+    return marked, unseen, sum(seen)
