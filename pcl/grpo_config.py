@@ -44,3 +44,9 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
                 "`self_assessment_mode` must be 'teacher_forced', 'generated' or 'both', got "
                 f"{self.self_assessment_mode!r}."
             )
+        if self.self_assessment_mode != "teacher_forced" and self.use_vllm:
+            raise ValueError(
+                f"`self_assessment_mode={self.self_assessment_mode!r}` needs rollouts that write past the marker, but "
+                "vLLM stops at every EOS id of a PCL checkpoint (the marker included). Use "
+                "`self_assessment_mode='teacher_forced'` with vLLM, or `use_vllm=False`."
+            )

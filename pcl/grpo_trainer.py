@@ -91,32 +91,34 @@ class PCLGRPOTrainer(GRPOTrainer):
         )  # fmt: skip
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.segment_tokens = tokens = prepare_model(self._pcl_base, processing_class, fmt)
+        self.segment_tokens = prepare_model(self._pcl_base, processing_class, fmt)
         # The segment NLL comes from TRL's fused head, which divides the logits by `temperature`: the checkpoint
         # records it so the self-score readout uses the distribution that was trained
         getattr(self._pcl_base.config, CONFIG_KEY)["readout_temperature"] = self.temperature
         if self.ref_model is not None:
             prepare_model(self.ref_model, processing_class, fmt)
 
-        # Teacher-forced rollouts stop at the marker; generated ones must be free to write past it
-        stop = args.self_assessment_mode == "teacher_forced"
-        eos = [i for i in self.eos_token_ids if i != tokens.marker_id] + ([tokens.marker_id] if stop else [])
-        self.eos_token_ids = eos
-        if self.use_vllm:
-            # vLLM stops on its model's EOS; the marker must be listed explicitly (its engine may predate the marker)
-            kwargs = self.vllm_generation.generation_kwargs
-            kwargs["stop_token_ids"] = [i for i in kwargs.get("stop_token_ids") or [] if i != tokens.marker_id]
-            if stop:
-                kwargs["stop_token_ids"].append(tokens.marker_id)
-        else:
-            self.generation_kwargs["eos_token_id"] = eos
-            self.generation_config.eos_token_id = eos
-
+        self._configure_stop_ids()
         self._pcl_nll_mask = None  # (B, T) positions whose log-probs feed the segment NLL, set during the loss
         self._pcl_score_index = None  # (rows, positions) of the score tokens in the full sequence
         self._pcl_level_logits = None
         self._pcl_level_grad = False
         self._pcl_base.base_model.register_forward_hook(self._read_level_logits)
+
+    def _configure_stop_ids(self) -> None:
+        """Teacher-forced rollouts stop at the marker; generated ones must be free to write past it."""
+        marker = self.segment_tokens.marker_id
+        stop = self.args.self_assessment_mode == "teacher_forced"
+        self.eos_token_ids = [i for i in self.eos_token_ids if i != marker] + ([marker] if stop else [])
+        if self.use_vllm:
+            # vLLM stops on its own model's EOS ids, which may predate the marker: list it explicitly
+            kwargs = self.vllm_generation.generation_kwargs
+            kwargs["stop_token_ids"] = [i for i in kwargs.get("stop_token_ids") or [] if i != marker]
+            if stop:
+                kwargs["stop_token_ids"].append(marker)
+        else:
+            self.generation_kwargs["eos_token_id"] = self.eos_token_ids
+            self.generation_config.eos_token_id = self.eos_token_ids
 
     # ---- rollouts ------------------------------------------------------------------------------------------------
 

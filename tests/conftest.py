@@ -1,0 +1,54 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+import os
+
+
+# Tests never reach a hub: tiny models and tokenizers are built locally (pcl.tiny)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pcl.segment import SegmentFormat  # noqa: E402
+from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    return build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+
+
+@pytest.fixture
+def fmt():
+    return SegmentFormat()
+
+
+def addition_rows(n: int = 100, reward=lambda a, b: float(a < 5)):
+    """Prompt/completion rows for one-digit addition, with a reward rule the model can learn to predict."""
+    rows = [
+        {"prompt": f"{a} + {b} =", "completion": f" {a + b}", "reward": reward(a, b)}
+        for a in range(10)
+        for b in range(10)
+    ]
+    return rows[:n]
+
+
+def cpu_args(**kwargs):
+    """Training arguments every test shares: CPU, no trackers, no checkpoints, no gradient checkpointing."""
+    torch.manual_seed(0)
+    return dict(
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
+        **kwargs,
+    )

@@ -1,0 +1,240 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import cpu_args
+from datasets import Dataset
+from trl import GRPOTrainer
+
+from pcl import PCLGRPOConfig, PCLGRPOTrainer
+from pcl.tiny import build_tiny_model
+
+
+PROMPTS = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(10) for b in range(10)]
+
+
+def parity_reward(completions, **kwargs):
+    # Mixed rewards on an untrained model, so advantages are non-zero
+    return [float(len(c) % 2) for c in completions]
+
+
+@pytest.fixture
+def model_dir(tokenizer, tmp_path):
+    path = tmp_path / "base"
+    build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config):
+    config = {
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "max_completion_length": 16,
+        "max_steps": 1,
+        "log_completions": False,
+        **config,
+    }
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(**config))
+    trainer = PCLGRPOTrainer(
+        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def rollout(trainer, seed=0):
+    """Parent GRPO output for one generation batch, and the same batch with PCL's segments appended."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    torch.manual_seed(seed)
+    plain = GRPOTrainer._generate_and_score_completions(trainer, batch)
+    pcl = {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in plain.items()}
+    trainer._append_segments(pcl)
+    return plain, pcl
+
+
+def grads(trainer, loss_fn):
+    trainer.model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+class TestPCLGRPOConfig:
+    def test_defaults(self):
+        args = PCLGRPOConfig(output_dir="x", bf16=False)
+        assert args.self_assessment_mode == "teacher_forced" and args.self_assessment_weight == 1.0
+
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            (dict(self_assessment_mode="sampled"), "'teacher_forced', 'generated' or 'both'"),
+            (dict(self_assessment_mode="generated", use_vllm=True), "vLLM stops at every EOS id"),
+            (dict(use_liger_kernel=True), "not supported by PCL"),
+            (dict(self_assessment_levels=0), "at least two levels"),
+        ],
+    )
+    def test_invalid(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            PCLGRPOConfig(output_dir="x", bf16=False, **kwargs)
+
+
+class TestSegmentLayout:
+    def test_marker_is_a_stop_only_when_teacher_forced(self, model_dir, tokenizer, tmp_path):
+        trainer = make_trainer(model_dir, tokenizer, tmp_path)
+        marker = trainer.segment_tokens.marker_id
+        assert marker in trainer.eos_token_ids and marker in trainer.generation_config.eos_token_id
+        assert marker in trainer.model.generation_config.eos_token_id  # saved with every checkpoint
+        generated = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_mode="generated")
+        assert marker not in generated.eos_token_ids and marker not in generated.generation_config.eos_token_id
+
+    def test_vllm_stop_token_ids(self, model_dir, tokenizer, tmp_path):
+        trainer = make_trainer(model_dir, tokenizer, tmp_path)
+        trainer.use_vllm = True
+        trainer.vllm_generation = SimpleNamespace(generation_kwargs={"stop_token_ids": [5]})
+        trainer._configure_stop_ids()
+        assert trainer.vllm_generation.generation_kwargs["stop_token_ids"] == [5, trainer.segment_tokens.marker_id]
+
+    def test_segments_carry_true_reward_and_stay_out_of_policy_loss(self, model_dir, tokenizer, tmp_path):
+        trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_prefix="s:")
+        plain, pcl = rollout(trainer)
+        tokens = trainer.segment_tokens
+        rewarded = 0
+        for i, ids in enumerate(trainer._pcl_completion_ids):
+            row = pcl["completion_ids"][i].tolist()
+            assert row[: len(ids)] == ids
+            assert torch.equal(pcl["completion_mask"][i, : len(ids)], plain["completion_mask"][i, : len(ids)])
+            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids):  # truncated: no segment
+                assert pcl["self_assessment_target"][i] == -1 and not pcl["self_assessment_mask"][i].any()
+                continue
+            rewarded += 1
+            level = round(trainer._pcl_targets[i] * 9)
+            head = [] if ids[-1] == tokens.marker_id else [tokens.marker_id]
+            segment = head + tokens.assessment_ids(level)
+            span = slice(len(ids), len(ids) + len(segment))
+            assert row[span] == segment
+            assert pcl["tool_mask"][i, span].sum() == 0 and pcl["completion_mask"][i, span].all()
+            assert pcl["self_assessment_mask"][i].sum() == len(segment) - len(head)
+            assert pcl["self_assessment_target"][i] == level
+        assert rewarded > 0
+        assert pcl["num_items_in_batch"] == plain["num_items_in_batch"]  # the policy's token count is unchanged
+
+
+LOSS_CASES = [
+    (loss_type, beta, num_iterations)
+    for loss_type in ("dapo", "grpo", "dr_grpo", "cispo")
+    for beta in (0.0, 0.04)
+    for num_iterations in (1, 2)
+] + [("bnpo", 0.0, 1), ("sapo", 0.04, 2), ("luspo", 0.0, 1)]
+
+
+@pytest.mark.parametrize("loss_type, beta, num_iterations", LOSS_CASES)
+def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_type, beta, num_iterations):
+    """With segment weight 0, the loss and gradients are plain GRPO's on the same rollouts."""
+    trainer = make_trainer(
+        model_dir, tokenizer, tmp_path, loss_type=loss_type, beta=beta, num_iterations=num_iterations,
+        self_assessment_weight=0.0,
+    )  # fmt: skip
+    plain, pcl = rollout(trainer)
+    assert pcl["self_assessment_mask"].any()
+    with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_added_term_is_weighted_segment_nll(model_dir, tokenizer, tmp_path, temperature):
+    """loss(w) = loss(0) + w * NLL(segment at the fused head's temperature) / the global segment token count."""
+    weight = 0.7
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_weight=weight, temperature=temperature)
+    _, pcl = rollout(trainer)
+    model = trainer.model
+    loss_w, g_w = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    trainer.args.self_assessment_weight = 0.0
+    loss_0, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+
+    def hand_nll():
+        ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+        attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1] / temperature
+        T = pcl["completion_ids"].size(1)
+        logp = logits[:, -T:].log_softmax(-1).gather(-1, pcl["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        return -(logp * pcl["self_assessment_mask"]).sum() / pcl["self_assessment_num_items"]
+
+    nll, g_nll = grads(trainer, hand_nll)
+    torch.testing.assert_close(loss_w - loss_0, weight * nll, rtol=1e-5, atol=1e-6)
+    for name, g in g_nll.items():
+        torch.testing.assert_close(g_w[name] - g_0[name], weight * g, rtol=1e-3, atol=1e-6)
+    assert trainer.model.config.post_completion["readout_temperature"] == temperature
+
+
+class TestGeneratedMode:
+    def test_consistency_reward_is_brier_and_hides_segment(self, model_dir, tokenizer, tmp_path):
+        seen = []
+
+        def exact(completions, answer, **kwargs):
+            seen.extend(completions)
+            return [float(c.strip() == a) for c, a in zip(completions, answer, strict=True)]
+
+        trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=exact, self_assessment_mode="generated")
+        tokens = trainer.segment_tokens
+
+        def completion(answer, level):
+            ids = tokenizer.encode(answer, add_special_tokens=False) + [tokens.marker_id]
+            return ids + ([] if level is None else tokens.assessment_ids(level))
+
+        cases = [  # (written answer, gold, written level) -> expected consistency
+            (" 7", "7", 9, 1.0),  # right, claims right
+            (" 8", "7", 0, 1.0),  # wrong, honestly flags itself wrong: the maximum, not 0/0
+            (" 8", "7", 9, 0.0),  # wrong, over-claims
+            (" 7", "7", 3, 1 - (1 - 3 / 9) ** 2),
+        ]
+        ids = [completion(a, lvl) for a, _, lvl, _ in cases] + [completion(" 7", None)]
+        inputs = [{"prompt": "3 + 4 =", "answer": gold} for _, gold, _, _ in cases] + [{"answer": "7"}]
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        trainer._calculate_rewards(inputs, ["3 + 4 ="] * len(ids), texts, ids)
+        assert seen == [" 7", " 8", " 8", " 7", " 7"]  # the task reward never sees the written score
+        expected = [c for *_, c in cases] + [0.0]  # no assessment written: consistency 0
+        torch.testing.assert_close(trainer._pcl_consistency, torch.tensor(expected))
+
+    @pytest.mark.parametrize("mode", ["generated", "both"])
+    def test_trains(self, model_dir, tokenizer, tmp_path, mode):
+        trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_mode=mode, max_steps=2, logging_steps=1)
+        trainer.train()
+        logs = trainer.state.log_history[0]
+        assert "self_assessment/consistency" in logs and "self_assessment/frac_with_segment" in logs
+
+
+def test_out_of_range_reward_is_refused(model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=lambda completions, **kw: [3.0] * len(completions))
+    with pytest.raises(ValueError, match="outside the declared `self_assessment_reward_range`"):
+        trainer.train()
+
+
+def test_marker_in_prompts_is_refused(model_dir, tokenizer, tmp_path):
+    args = PCLGRPOConfig(output_dir=str(tmp_path), **cpu_args(per_device_train_batch_size=4, num_generations=4))
+    data = Dataset.from_list([{"prompt": "1 + 1 = <|post_completion|>"}])
+    with pytest.raises(ValueError, match="already contains the marker"):
+        PCLGRPOTrainer(model_dir, parity_reward, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+@pytest.mark.slow
+def test_training_lowers_segment_nll(model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(
+        model_dir, tokenizer, tmp_path, max_steps=60, learning_rate=3e-3, logging_steps=10,
+        per_device_train_batch_size=16, num_generations=8,
+    )  # fmt: skip
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "self_assessment/nll" in log]
+    assert logs[-1]["self_assessment/nll"] < 0.5 * logs[0]["self_assessment/nll"]
+    assert all(0.0 <= log["self_assessment/brier"] <= 1.0 for log in logs)

@@ -1,0 +1,99 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+import json
+import os
+
+import pytest
+
+from pcl.marker import CONFIG_KEY, add_marker_token, load_pcl_model, prepare_model, segment_tokens
+from pcl.segment import SegmentFormat
+from pcl.tiny import build_char_tokenizer, build_tiny_model
+
+
+def test_marker_added_once_as_special_token():
+    tok = build_char_tokenizer(marker=None)
+    n = len(tok)
+    marker_id = add_marker_token(tok, "<|pc|>")
+    assert len(tok) == n + 1 and add_marker_token(tok, "<|pc|>") == marker_id
+    assert tok.decode([5, marker_id, 6], skip_special_tokens=True) == tok.decode([5, 6])
+
+
+def test_existing_special_token_is_reused():
+    tok = build_char_tokenizer(marker=None)
+    n = len(tok)
+    assert add_marker_token(tok, "<eos>") == tok.eos_token_id and len(tok) == n
+
+
+def test_marker_split_by_tokenizer_is_an_error():
+    tok = build_char_tokenizer(marker=None)
+    # '~' is a normal single character token, '~~' is in the vocabulary neither as a token nor a special token: but a
+    # vocabulary entry that the tokenizer splits when encoding must be refused
+    tok.add_tokens(["ab"])  # an added (non-special) token that is matched...
+    assert add_marker_token(tok, "ab") == tok.convert_tokens_to_ids("ab")
+    backend_vocab_word = "xy"
+    tok2 = build_char_tokenizer(marker=None)
+    vocab = tok2.get_vocab()
+    assert backend_vocab_word not in vocab
+    tok2.backend_tokenizer.model = type(tok2.backend_tokenizer.model)(
+        {**vocab, backend_vocab_word: len(vocab)}, unk_token="<unk>"
+    )
+    with pytest.raises(ValueError, match="split into 2 tokens"):
+        add_marker_token(tok2, backend_vocab_word)
+
+
+def test_level_must_be_single_token():
+    with pytest.raises(ValueError, match="single token"):
+        segment_tokens(build_char_tokenizer(), SegmentFormat(levels=11))
+
+
+def test_prefix_that_merges_with_score_is_refused():
+    tok = build_char_tokenizer()
+    tok.add_tokens([":7"])  # the prefix ':' and the score '7' now merge into one token in context
+    with pytest.raises(ValueError, match="tokenises differently after the marker"):
+        segment_tokens(tok, SegmentFormat(prefix=":"))
+
+
+def test_prepare_model_resizes_and_adds_stop(tmp_path):
+    tok = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    n = model.get_input_embeddings().num_embeddings
+    tokens = prepare_model(model, tok, SegmentFormat())
+    assert model.get_input_embeddings().num_embeddings == n + 1 == len(tok)
+    assert tokens.marker_id in model.generation_config.eos_token_id
+    assert tok.eos_token_id in model.generation_config.eos_token_id
+    assert tokens.eos_ids == (tok.eos_token_id,)
+
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with open(tmp_path / "generation_config.json") as f:
+        assert tokens.marker_id in json.load(f)["eos_token_id"]
+    loaded, loaded_tok, loaded_tokens = load_pcl_model(str(tmp_path))
+    assert loaded_tokens == tokens
+    assert getattr(loaded.config, CONFIG_KEY)["marker"] == SegmentFormat().marker
+
+
+def test_load_refuses_broken_checkpoints(tmp_path):
+    tok = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    with pytest.raises(FileNotFoundError, match="No model directory"):
+        load_pcl_model(str(tmp_path / "missing"))
+
+    plain = tmp_path / "plain"
+    model.save_pretrained(plain)
+    tok.save_pretrained(plain)
+    with pytest.raises(ValueError, match="not trained with PCL"):
+        load_pcl_model(str(plain))
+
+    no_marker = tmp_path / "no_marker"
+    prepare_model(model, build_char_tokenizer(), SegmentFormat())
+    model.save_pretrained(no_marker)
+    tok.save_pretrained(no_marker)  # the tokenizer from before the marker was added
+    with pytest.raises(ValueError, match="lacks the marker"):
+        load_pcl_model(str(no_marker))
+
+    incomplete = tmp_path / "incomplete"
+    model.save_pretrained(incomplete)
+    for f in os.listdir(incomplete):
+        if f.endswith(".safetensors"):
+            os.remove(incomplete / f)
+    with pytest.raises(FileNotFoundError, match="missing .*model weights.*tokenizer files"):
+        load_pcl_model(str(incomplete))
