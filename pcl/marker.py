@@ -7,7 +7,7 @@ and vLLM (`stop_token_ids`) all stop there with no extra code, and the saved mod
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -105,7 +105,9 @@ def format_of(model: PreTrainedModel) -> SegmentFormat:
             f"This model has no `{CONFIG_KEY}` entry in its config: it was not trained with PCL (or was saved without "
             "`pcl.marker.prepare_model`), so its marker and score format are unknown."
         )
-    return SegmentFormat(**{**saved, "reward_range": tuple(saved["reward_range"])})
+    # The entry also carries trainer facts (e.g. `readout_temperature`) next to the format's own fields
+    known = {f.name for f in fields(SegmentFormat)}
+    return SegmentFormat(**{k: tuple(v) if k == "reward_range" else v for k, v in saved.items() if k in known})
 
 
 def load_pcl_model(path: str, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SegmentTokens]:

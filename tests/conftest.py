@@ -14,6 +14,10 @@ from pcl.segment import SegmentFormat  # noqa: E402
 from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 
+# Tiny models gain nothing from intra-op threads, and on shared cores two threads can run 50x slower
+torch.set_num_threads(1)
+
+
 @pytest.fixture
 def tokenizer():
     return build_char_tokenizer()

@@ -1,0 +1,74 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""The `pcl` console command: `pcl train RECIPE.yaml [--key value ...]` and `pcl calibrate MODEL_DIR ...`."""
+
+import argparse
+import json
+import os
+import sys
+
+
+USAGE = """usage: pcl <command> [options]
+
+commands:
+  train RECIPE.yaml [--key value ...]   run a recipe's SFT/GRPO stages, then its calibration benchmark
+  calibrate MODEL_DIR --task NAME ...   deploy-mode accuracy and self-score calibration of a saved model
+
+`pcl <command> --help` shows each command's options."""
+
+
+def _calibrate(argv: list[str]) -> dict:
+    from .evaluation import run_calibration
+    from .tasks import TaskSpec
+
+    parser = argparse.ArgumentParser(prog="pcl calibrate", description="Calibration benchmark of a PCL checkpoint.")
+    parser.add_argument("model_dir", help="A directory saved by a PCL trainer.")
+    parser.add_argument("--task", required=True, help="reasoning-gym dataset name, or a .jsonl of prompt/answer rows.")
+    parser.add_argument("--size", type=int, default=1000, help="Number of evaluation items (reasoning-gym).")
+    parser.add_argument("--seed", type=int, default=10**6, help="Seed of the evaluation set (reasoning-gym).")
+    parser.add_argument("--task_config", type=json.loads, default={}, help="JSON kwargs for the task generator.")
+    parser.add_argument("--reward", default="task", help="'task' (the task's verifier) or 'module:function'.")
+    parser.add_argument("--train_task", type=json.loads, action="append", default=[],
+                        help="JSON TaskSpec of a training set, to drop seen questions (repeatable).")  # fmt: skip
+    parser.add_argument("--output_dir", default=None, help="Where to write metrics.json, report.md and PNGs.")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--confidence_model", default=None,
+                        help="Optional RLCR-style model that writes <confidence>q</confidence>, compared side by side.")  # fmt: skip
+    args = parser.parse_args(argv)
+    from .tasks import load_task
+
+    train_prompts = [p for spec in args.train_task for p in load_task(TaskSpec.from_dict(spec))["prompt"]]
+    task = TaskSpec(args.task, size=args.size, seed=args.seed, config=args.task_config)
+    output_dir = args.output_dir or os.path.join(args.model_dir, "calibration")
+    return run_calibration(
+        args.model_dir, task, output_dir, train_prompts=train_prompts or None, reward=args.reward,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, confidence_model=args.confidence_model,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        if not rest or rest[0].startswith("-"):
+            from . import recipe
+
+            print(f"usage: pcl train RECIPE.yaml [--key value ...] [--a.b.c value ...]\n\n{recipe.__doc__}")
+            return 0 if rest and rest[0] in ("-h", "--help") else 2
+        from .recipe import run_recipe
+
+        run_recipe(rest[0], rest[1:])
+        return 0
+    if command == "calibrate":
+        _calibrate(rest)
+        return 0
+    print(f"pcl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""Multi-stage recipes: `pcl train RECIPE.yaml` runs SFT and GRPO stages, then the calibration benchmark.
+
+A recipe is a YAML mapping:
+
+```yaml
+output_dir: outputs/quickstart
+model: {tiny: {hidden_size: 128, num_layers: 4}}   # or {name_or_path: Qwen/Qwen2.5-1.5B-Instruct}
+<any PCLSFTConfig / PCLGRPOConfig field>: value      # shared by every stage
+stages:
+  sft:  {trainer: sft,  task: {name: chain_sum, size: 20000, seed: 1}, args: {learning_rate: 3.0e-3}}
+  grpo: {trainer: grpo, task: {name: chain_sum, size: 4000, seed: 2}, reward: task, args: {beta: 0.0}}
+calibrate: {task: {name: chain_sum, size: 1000, seed: 1000000}}
+```
+
+Each stage's config is parsed by TRL's `TrlParser`, so every TRL/transformers option is valid as a key, and each
+stage starts from the previous stage's output directory. Command-line flags override the recipe: `--key value` sets a
+trainer option for every stage that has it, `--a.b.c value` sets a nested recipe key (e.g.
+`--stages.sft.args.max_steps 10` or `--calibrate.task.size 200`).
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from trl import TrlParser
+
+from .grpo_config import PCLGRPOConfig
+from .sft_config import PCLSFTConfig
+from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func
+
+
+logger = logging.getLogger(__name__)
+
+TRAINERS = {"sft": PCLSFTConfig, "grpo": PCLGRPOConfig}
+RECIPE_KEYS = {"model", "stages", "calibrate", "output_dir"}
+STAGE_KEYS = {"trainer", "task", "reward", "args"}
+DONE_FILE = "pcl_stage_complete.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    trainer: str
+    task: TaskSpec
+    args: PCLSFTConfig | PCLGRPOConfig
+    reward: list[str] = field(default_factory=lambda: ["task"])
+
+
+def _set_nested(recipe: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = recipe
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"Cannot set `--{dotted}`: `{key}` is not a mapping in the recipe.")
+    node[keys[-1]] = value
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Separate trainer flags (`--key value`, for TrlParser) from nested recipe overrides (`--a.b value`)."""
+    flags, nested, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"Unexpected argument {arg!r}: options are `--key value` or `--a.b.c value`.")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ValueError(f"Option `{arg}` needs a value.")
+            value, i = argv[i + 1], i + 1
+        if "." in key:
+            nested[key] = yaml.safe_load(value)
+        else:
+            flags += [f"--{key}", value]
+        i += 1
+    return flags, nested
+
+
+def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[Stage]]:
+    """Read a recipe, apply command-line overrides, and build each stage's validated config."""
+    with open(path) as f:
+        recipe = yaml.safe_load(f)
+    if not isinstance(recipe, dict) or "stages" not in recipe:
+        raise ValueError(f"Recipe {path!r} must be a YAML mapping with a `stages` section.")
+    flags, nested = split_overrides(list(argv or []))
+    for key, value in nested.items():
+        _set_nested(recipe, key, value)
+    output_dir = recipe.get("output_dir", "outputs/" + os.path.splitext(os.path.basename(path))[0])
+    recipe["output_dir"] = output_dir
+    shared = {k: v for k, v in recipe.items() if k not in RECIPE_KEYS}
+
+    stages, used_flags = [], set()
+    for name, spec in recipe["stages"].items():
+        unknown = set(spec) - STAGE_KEYS
+        if unknown:
+            raise ValueError(f"Stage {name!r} has unknown keys {sorted(unknown)}; valid keys: {sorted(STAGE_KEYS)}.")
+        kind = spec.get("trainer")
+        if kind not in TRAINERS:
+            raise ValueError(f"Stage {name!r}: `trainer` must be one of {sorted(TRAINERS)}, got {kind!r}.")
+        parser = TrlParser((TRAINERS[kind],))
+        defaults = {**shared, **(spec.get("args") or {}), "output_dir": os.path.join(output_dir, name)}
+        unknown = parser.set_defaults_with_config(**defaults)
+        if unknown:
+            raise ValueError(f"Stage {name!r}: unknown {TRAINERS[kind].__name__} options {unknown[::2]}.")
+        args, remaining = parser.parse_args_into_dataclasses(args=flags, return_remaining_strings=True)
+        used_flags |= {f for f in flags[::2] if f not in remaining}
+        if "task" not in spec:
+            raise ValueError(f"Stage {name!r} needs a `task` (e.g. {{name: chain_sum, size: 1000, seed: 1}}).")
+        reward = spec.get("reward", "task")
+        stages.append(
+            Stage(name, kind, TaskSpec.from_dict(spec["task"]), args, reward if isinstance(reward, list) else [reward])
+        )
+    unused = [f for f in flags[::2] if f not in used_flags]
+    if unused:
+        raise ValueError(f"Unknown options {unused}: not a field of any stage's config.")
+    if not stages:
+        raise ValueError(f"Recipe {path!r} has no stages.")
+    return recipe, stages
+
+
+def _reward_funcs(stage: Stage) -> list:
+    return [make_reward_func(stage.task) if r == "task" else resolve_reward_func(r) for r in stage.reward]
+
+
+def _initial_model(recipe: dict):
+    """The first stage's model and tokenizer: a tiny model built locally, or a name/path for `from_pretrained`."""
+    spec = recipe.get("model") or {}
+    if "tiny" in spec:
+        from .tiny import build_char_tokenizer, build_tiny_model
+
+        tokenizer = build_char_tokenizer()
+        return build_tiny_model(tokenizer, **(spec["tiny"] or {})), tokenizer
+    if "name_or_path" in spec:
+        from transformers import AutoTokenizer
+
+        return spec["name_or_path"], AutoTokenizer.from_pretrained(spec["name_or_path"])
+    raise ValueError("The recipe's `model` must be {tiny: {...}} or {name_or_path: ...}.")
+
+
+def _stage_dataset(stage: Stage):
+    data = load_task(stage.task)
+    if stage.trainer == "sft":
+        # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
+        return data.map(lambda row: {"completion": " " + row["answer"]}, remove_columns=["answer", "task", "entry"])
+    return data
+
+
+def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
+    """Train one stage and save it (safetensors, tokenizer with the marker); returns its output directory."""
+    from .grpo_trainer import PCLGRPOTrainer
+    from .sft_trainer import PCLSFTTrainer
+
+    args, out = stage.args, stage.args.output_dir
+    if os.path.exists(os.path.join(out, DONE_FILE)) and resume:
+        logger.warning(f"Stage {stage.name!r} already complete in {out}; skipping.")
+        return out
+    dataset = _stage_dataset(stage)
+    if stage.trainer == "sft":
+        trainer = PCLSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    else:
+        tokenizer.padding_side = "left"
+        trainer = PCLGRPOTrainer(
+            model=model, reward_funcs=_reward_funcs(stage), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+    checkpoint = args.resume_from_checkpoint
+    if resume and checkpoint in (None, "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(out)
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(out, DONE_FILE), "w") as f:
+            json.dump({"stage": stage.name, "global_step": trainer.state.global_step}, f)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def run_recipe(path: str, argv: list[str] | None = None) -> dict:
+    """`pcl train`: run every stage in order, then the calibration benchmark if the recipe has one."""
+    recipe, stages = load_recipe(path, argv)
+    resume = any(s.args.resume_from_checkpoint for s in stages)
+    model, tokenizer = _initial_model(recipe)
+    for stage in stages:
+        out = run_stage(stage, model, tokenizer, resume=resume)
+        model = out  # the next stage starts from this one's checkpoint
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(out)
+    result = {"model": model, "output_dir": recipe["output_dir"]}
+    if recipe.get("calibrate"):
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            from .evaluation import run_calibration
+
+            spec = dict(recipe["calibrate"])
+            task = TaskSpec.from_dict(spec.pop("task"))
+            train_prompts = [p for s in stages for p in load_task(s.task)["prompt"]]
+            result["calibration"] = run_calibration(
+                model, task, os.path.join(recipe["output_dir"], "calibration"), train_prompts=train_prompts, **spec
+            )
+    return result
