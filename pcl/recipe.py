@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 TRAINERS = {"sft": PCLSFTConfig, "grpo": PCLGRPOConfig}
 RECIPE_KEYS = {"model", "stages", "calibrate", "output_dir"}
-STAGE_KEYS = {"trainer", "task", "reward", "args"}
+STAGE_KEYS = {"trainer", "task", "reward", "args", "self_labelled"}
 DONE_FILE = "pcl_stage_complete.json"
 
 
@@ -48,6 +48,10 @@ class Stage:
     task: TaskSpec
     args: PCLSFTConfig | PCLGRPOConfig
     reward: list[str] = field(default_factory=lambda: ["task"])
+    # SFT only: add the current model's own greedy answers on this task, scored by the reward, as assessment-only rows
+    self_labelled: dict | None = None
+    # Questions this stage trained on, so the benchmark can drop them from its held-out set
+    prompts: list[str] = field(default_factory=list)
 
 
 def _set_nested(recipe: dict, dotted: str, value: Any) -> None:
@@ -72,7 +76,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ValueError(f"Option `{arg}` needs a value.")
             value, i = argv[i + 1], i + 1
-        if "." in key:
+        if "." in key or key == "output_dir":  # the recipe's root directory; each stage writes under it
             nested[key] = yaml.safe_load(value)
         else:
             flags += [f"--{key}", value]
@@ -111,9 +115,15 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
         if "task" not in spec:
             raise ValueError(f"Stage {name!r} needs a `task` (e.g. {{name: chain_sum, size: 1000, seed: 1}}).")
         reward = spec.get("reward", "task")
+        labelled = spec.get("self_labelled")
+        if labelled is not None and kind != "sft":
+            raise ValueError(f"Stage {name!r}: `self_labelled` applies to SFT stages (GRPO labels its own rollouts).")
         stages.append(
-            Stage(name, kind, TaskSpec.from_dict(spec["task"]), args, reward if isinstance(reward, list) else [reward])
-        )
+            Stage(
+                name, kind, TaskSpec.from_dict(spec["task"]), args, reward if isinstance(reward, list) else [reward],
+                labelled,
+            )
+        )  # fmt: skip
     unused = [f for f in flags[::2] if f not in used_flags]
     if unused:
         raise ValueError(f"Unknown options {unused}: not a field of any stage's config.")
@@ -141,12 +151,55 @@ def _initial_model(recipe: dict):
     raise ValueError("The recipe's `model` must be {tiny: {...}} or {name_or_path: ...}.")
 
 
-def _stage_dataset(stage: Stage):
+def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str]):
+    """The model's own greedy answers on a task, scored by the stage's reward: the evaluation track's data."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from .inference import generate
+
+    spec = dict(spec)
+    task = TaskSpec.from_dict(spec.pop("task"))
+    data = load_task(task)
+    questions = list(data["prompt"])
+    if isinstance(model, str):
+        model = AutoModelForCausalLM.from_pretrained(model)
+    gens = generate(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
+    answers = [" " + g.text.strip() for g in gens]
+    func = make_reward_func(task) if reward == ["task"] else resolve_reward_func(reward[0])
+    columns = {k: data[k] for k in data.column_names if k != "prompt"}
+    rewards = func(prompts=data["prompt"], completions=[a.strip() for a in answers], **columns)
+    keep = [i for i, (g, r) in enumerate(zip(gens, rewards, strict=True)) if r is not None and g.stop != "length"]
+    logger.warning(
+        f"Self-labelled {len(keep)} answers on {task.name}: accuracy {sum(rewards[i] for i in keep) / max(len(keep), 1):.3f}"
+    )
+    rows = Dataset.from_dict(
+        {
+            "prompt": [data["prompt"][i] for i in keep],
+            "completion": [answers[i] for i in keep],
+            "reward": [float(rewards[i]) for i in keep],
+            "self_assessment_only": [True] * len(keep),
+        }
+    )
+    return rows, questions
+
+
+def _stage_dataset(stage: Stage, model, tokenizer):
+    from datasets import concatenate_datasets
+
     data = load_task(stage.task)
-    if stage.trainer == "sft":
-        # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
-        return data.map(lambda row: {"completion": " " + row["answer"]}, remove_columns=["answer", "task", "entry"])
-    return data
+    stage.prompts = list(data["prompt"])
+    if stage.trainer == "grpo":
+        return data
+    # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
+    data = data.map(lambda row: {"completion": " " + row["answer"]}, remove_columns=["answer", "task", "entry"])
+    if stage.self_labelled is None:
+        return data
+    own, questions = _self_labelled_rows(stage.self_labelled, model, tokenizer, stage.reward)
+    stage.prompts += questions
+    data = data.add_column("reward", [None] * len(data)).add_column("self_assessment_only", [False] * len(data))
+    data = data.cast(own.features)
+    return concatenate_datasets([data, own]).shuffle(seed=stage.args.seed)
 
 
 def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
@@ -158,13 +211,19 @@ def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
     if os.path.exists(os.path.join(out, DONE_FILE)) and resume:
         logger.warning(f"Stage {stage.name!r} already complete in {out}; skipping.")
         return out
-    dataset = _stage_dataset(stage)
+    dataset = _stage_dataset(stage, model, tokenizer)
+    if stage.trainer == "sft" and stage.self_labelled is not None:
+        logger.warning(f"Stage {stage.name!r}: {len(dataset)} rows (gold answers and self-labelled answers).")
     if stage.trainer == "sft":
         trainer = PCLSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     else:
         tokenizer.padding_side = "left"
         trainer = PCLGRPOTrainer(
-            model=model, reward_funcs=_reward_funcs(stage), args=args, train_dataset=dataset, processing_class=tokenizer
+            model=model,
+            reward_funcs=_reward_funcs(stage),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
         )
     checkpoint = args.resume_from_checkpoint
     if resume and checkpoint in (None, "true", "True"):
@@ -200,7 +259,8 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
 
             spec = dict(recipe["calibrate"])
             task = TaskSpec.from_dict(spec.pop("task"))
-            train_prompts = [p for s in stages for p in load_task(s.task)["prompt"]]
+            # Stages skipped on resume did not load their data: fall back to regenerating their questions
+            train_prompts = [p for s in stages for p in (s.prompts or load_task(s.task)["prompt"])]
             result["calibration"] = run_calibration(
                 model, task, os.path.join(recipe["output_dir"], "calibration"), train_prompts=train_prompts, **spec
             )

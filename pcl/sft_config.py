@@ -22,10 +22,18 @@ class PCLSFTConfig(SFTConfig, SelfAssessmentArguments):
             Dataset column holding the reward of each row's completion. Rows with a reward train
             `completion MARKER SCORE EOS`; rows whose reward is `None` (or datasets without the column) train
             `completion MARKER` and put no loss after the marker.
+        self_assessment_only_column (`str`, *optional*, defaults to `"self_assessment_only"`):
+            Boolean dataset column flagging rows whose completion is the model's own sample (e.g. a greedy answer
+            scored by a verifier): their answer is not trained, only the marker and the assessment.
     """
 
     self_assessment_reward_column: str = field(
         default="reward", metadata={"help": "Dataset column with the reward of each row's completion (may be None)."}
+    )
+
+    self_assessment_only_column: str = field(
+        default="self_assessment_only",
+        metadata={"help": "Boolean column flagging rows whose answer is the model's own: train only the assessment."},
     )
 
     def __post_init__(self):

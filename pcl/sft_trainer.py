@@ -33,8 +33,17 @@ def _completion_text(completion) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
-def render_rows(dataset: Dataset | IterableDataset, fmt: SegmentFormat, reward_column: str, name: str = "train"):
+def render_rows(
+    dataset: Dataset | IterableDataset,
+    fmt: SegmentFormat,
+    reward_column: str,
+    name: str = "train",
+    only_column: str = "self_assessment_only",
+):
     """Append the segment to every row's completion: `MARKER [prefix] SCORE` with a reward, `MARKER` without.
+
+    Rows flagged in `only_column` (the model's own samples) move their completion into the prompt, so only the marker
+    and the assessment are trained, never the (possibly wrong) answer.
 
     Refuses rows that would train silently wrong: missing prompt/completion, a marker already in the data, rewards
     that are NaN, infinite or out of the declared range.
@@ -50,6 +59,7 @@ def render_rows(dataset: Dataset | IterableDataset, fmt: SegmentFormat, reward_c
         prompt, completion = row["prompt"], row["completion"]
         if not prompt or not completion:
             raise ValueError(f"Row {idx} of the {name} dataset has an empty prompt or completion.")
+        only = bool(row.get(only_column))
         if not isinstance(completion, (str, list)) or (isinstance(completion, list) and not completion):
             raise ValueError(f"Row {idx} of the {name} dataset: completion must be a string or a list of messages.")
         texts = [prompt, completion] if isinstance(prompt, str) else [*prompt, *completion]
@@ -69,13 +79,20 @@ def render_rows(dataset: Dataset | IterableDataset, fmt: SegmentFormat, reward_c
             segment = fmt.render(reward)
         except ValueError as e:
             raise ValueError(f"Row {idx} of the {name} dataset: {e}") from None
+        if only:
+            if not isinstance(completion, str) or reward is None:
+                raise ValueError(
+                    f"Row {idx} of the {name} dataset is flagged `{only_column}`: such rows need a string completion "
+                    "and a reward (only their assessment is trained)."
+                )
+            return {"prompt": prompt + completion, "completion": segment}
         if isinstance(completion, str):
             completion = completion + segment
         else:
             completion = [*completion[:-1], {**completion[-1], "content": completion[-1]["content"] + segment}]
         return {"completion": completion}
 
-    remove = [reward_column] if columns is not None and reward_column in columns else None
+    remove = [c for c in (reward_column, only_column) if columns is not None and c in columns] or None
     return dataset.map(render, with_indices=True, remove_columns=remove)
 
 
@@ -127,13 +144,15 @@ class PCLSFTTrainer(SFTTrainer):
         fmt = args.segment_format
         # The marker must be a token before SFTTrainer tokenises the datasets in its __init__
         segment_tokens(processing_class, fmt)
-        column = args.self_assessment_reward_column
+        columns = (args.self_assessment_reward_column, "train", args.self_assessment_only_column)
         if train_dataset is not None:
-            train_dataset = render_rows(train_dataset, fmt, column, "train")
+            train_dataset = render_rows(train_dataset, fmt, *columns)
         if isinstance(eval_dataset, dict):
-            eval_dataset = {k: render_rows(v, fmt, column, f"eval ({k})") for k, v in eval_dataset.items()}
+            eval_dataset = {
+                k: render_rows(v, fmt, columns[0], f"eval ({k})", columns[2]) for k, v in eval_dataset.items()
+            }
         elif eval_dataset is not None:
-            eval_dataset = render_rows(eval_dataset, fmt, column, "eval")
+            eval_dataset = render_rows(eval_dataset, fmt, columns[0], "eval", columns[2])
         super().__init__(
             model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
             **kwargs,
