@@ -3,12 +3,11 @@
 import math
 
 import torch
-from transformers import AutoTokenizer
 from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .grpo_config import PCLGRPOConfig
-from .marker import CONFIG_KEY, prepare_model, segment_tokens
+from .marker import CONFIG_KEY, prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .sft_trainer import PAPER
 
 
@@ -71,15 +70,9 @@ class PCLGRPOTrainer(GRPOTrainer):
     def __init__(
         self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs
     ):
-        if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = PCLGRPOConfig(f"{model_name.split('/')[-1]}-PCL-GRPO")
-        if not isinstance(args, PCLGRPOConfig):
-            raise TypeError(f"`args` must be a PCLGRPOConfig, got {type(args).__name__}.")
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                model if isinstance(model, str) else model.config._name_or_path, padding_side="left"
-            )
+        args, processing_class = resolve_args_and_tokenizer(
+            model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, padding_side="left"
+        )
         fmt = args.segment_format
         segment_tokens(processing_class, fmt)  # adds the marker before the parent sets up generation
         _check_prompts(train_dataset, fmt.marker, "train")

@@ -18,6 +18,22 @@ from .segment import SegmentFormat, SegmentTokens
 CONFIG_KEY = "post_completion"
 
 
+def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, processing_class=None, **tokenizer_kwargs):
+    """TRL's defaults for a trainer's `args` and `processing_class`, plus a type check of `args`.
+
+    The tokenizer is loaded here rather than by the parent trainer because the marker must be added before the parent
+    tokenises datasets or sets up generation in its `__init__`.
+    """
+    name = model if isinstance(model, str) else model.config._name_or_path
+    if args is None:
+        args = config_cls(f"{name.split('/')[-1]}-{suffix}")
+    if not isinstance(args, config_cls):
+        raise TypeError(f"`args` must be a {config_cls.__name__}, got {type(args).__name__}.")
+    if processing_class is None:
+        processing_class = AutoTokenizer.from_pretrained(name, **tokenizer_kwargs)
+    return args, processing_class
+
+
 def add_marker_token(tokenizer: PreTrainedTokenizerBase, marker: str) -> int:
     """Make `marker` a single special token of `tokenizer` (adding it if the vocabulary lacks it); return its id."""
     if marker not in tokenizer.get_vocab():

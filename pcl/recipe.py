@@ -29,6 +29,7 @@ import yaml
 from trl import TrlParser
 
 from .grpo_config import PCLGRPOConfig
+from .marker import CONFIG_KEY, prepare_model
 from .sft_config import PCLSFTConfig
 from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func
 
@@ -151,7 +152,22 @@ def _initial_model(recipe: dict):
     raise ValueError("The recipe's `model` must be {tiny: {...}} or {name_or_path: ...}.")
 
 
-def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str]):
+def _as_text(prompt, tokenizer) -> str:
+    """A conversational prompt rendered with the chat template, ready for the assistant's answer.
+
+    Self-labelled rows put the model's answer inside the prompt, which only plain text can express; the chat template
+    already holds any BOS, so a BOS the tokenizer would add again is stripped from the text.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos) :]
+    return text
+
+
+def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
     """The model's own greedy answers on a task, scored by the stage's reward: the evaluation track's data."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -164,18 +180,23 @@ def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str]):
     questions = list(data["prompt"])
     if isinstance(model, str):
         model = AutoModelForCausalLM.from_pretrained(model)
+    if not hasattr(model.config, CONFIG_KEY):
+        prepare_model(model, tokenizer, fmt)  # a base model: its answers must end at the marker like in training
     gens = generate(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
     answers = [" " + g.text.strip() for g in gens]
     func = make_reward_func(task) if reward == ["task"] else resolve_reward_func(reward[0])
     columns = {k: data[k] for k in data.column_names if k != "prompt"}
     rewards = func(prompts=data["prompt"], completions=[a.strip() for a in answers], **columns)
-    keep = [i for i, (g, r) in enumerate(zip(gens, rewards, strict=True)) if r is not None and g.stop != "length"]
+    # Truncated answers stay: deployment truncates too, and their score is read the same way
+    keep = [i for i, r in enumerate(rewards) if r is not None]
+    if not keep:
+        raise ValueError(f"Self-labelling produced no rewarded answers on {task.name!r}: every reward was None.")
     logger.warning(
         f"Self-labelled {len(keep)} answers on {task.name}: accuracy {sum(rewards[i] for i in keep) / max(len(keep), 1):.3f}"
     )
     rows = Dataset.from_dict(
         {
-            "prompt": [data["prompt"][i] for i in keep],
+            "prompt": [_as_text(data["prompt"][i], tokenizer) for i in keep],
             "completion": [answers[i] for i in keep],
             "reward": [float(rewards[i]) for i in keep],
             "self_assessment_only": [True] * len(keep),
@@ -195,7 +216,11 @@ def _stage_dataset(stage: Stage, model, tokenizer):
     data = data.map(lambda row: {"completion": " " + row["answer"]}, remove_columns=["answer", "task", "entry"])
     if stage.self_labelled is None:
         return data
-    own, questions = _self_labelled_rows(stage.self_labelled, model, tokenizer, stage.reward)
+    if not isinstance(data[0]["prompt"], str):  # one dataset cannot mix chat and text rows: render both as text
+        data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer)})
+    own, questions = _self_labelled_rows(
+        stage.self_labelled, model, tokenizer, stage.reward, stage.args.segment_format
+    )
     stage.prompts += questions
     data = data.add_column("reward", [None] * len(data)).add_column("self_assessment_only", [False] * len(data))
     data = data.cast(own.features)

@@ -5,10 +5,10 @@ import textwrap
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 from trl import SFTTrainer
 
-from .marker import prepare_model, segment_tokens
+from .marker import prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .segment import SegmentFormat, empty_segment_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
 
@@ -132,15 +132,7 @@ class PCLSFTTrainer(SFTTrainer):
     _paper = PAPER
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
-        if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = PCLSFTConfig(f"{model_name.split('/')[-1]}-PCL-SFT")
-        if not isinstance(args, PCLSFTConfig):
-            raise TypeError(f"`args` must be a PCLSFTConfig, got {type(args).__name__}.")
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                model if isinstance(model, str) else model.config._name_or_path
-            )
+        args, processing_class = resolve_args_and_tokenizer(model, args, PCLSFTConfig, "PCL-SFT", processing_class)
         fmt = args.segment_format
         # The marker must be a token before SFTTrainer tokenises the datasets in its __init__
         segment_tokens(processing_class, fmt)

@@ -60,6 +60,9 @@ class TaskSpec:
     seed: int = 0
     config: dict = field(default_factory=dict)
     strip_prefix: bool = True
+    # Conversational prompts for chat models: `[{system}, {user: question}]` instead of a plain string
+    chat: bool = False
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -273,7 +276,11 @@ def load_task(spec: TaskSpec) -> datasets.Dataset:
     if not rows["prompt"]:
         raise ValueError(f"task {spec.name!r} is empty: it produced no rows")
     features = datasets.Features({c: datasets.Value("string") for c in _COLUMNS})
-    return datasets.Dataset.from_dict(rows, features=features)
+    data = datasets.Dataset.from_dict(rows, features=features)
+    if spec.chat or spec.system_prompt:
+        system = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+        data = data.map(lambda row: {"prompt": [*system, {"role": "user", "content": row["prompt"]}]})
+    return data
 
 
 def _completion_text(completion: Any) -> str:
