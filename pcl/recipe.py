@@ -16,7 +16,8 @@ calibrate: {task: {name: chain_sum, size: 1000, seed: 1000000}}
 Each stage's config is parsed by TRL's `TrlParser`, so every TRL/transformers option is valid as a key, and each
 stage starts from the previous stage's output directory. Command-line flags override the recipe: `--key value` sets a
 trainer option for every stage that has it, `--a.b.c value` sets a nested recipe key (e.g.
-`--stages.sft.args.max_steps 10` or `--calibrate.task.size 200`).
+`--stages.sft.args.max_steps 10` or `--calibrate.task.size 200`); `--stages.NAME null` drops a stage and
+`--stages.NAME "{trainer: grpo, task: {...}}"` adds one.
 """
 
 import json
@@ -100,6 +101,8 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
 
     stages, used_flags = [], set()
     for name, spec in recipe["stages"].items():
+        if spec is None:  # `--stages.NAME null` drops a stage
+            continue
         unknown = set(spec) - STAGE_KEYS
         if unknown:
             raise ValueError(f"Stage {name!r} has unknown keys {sorted(unknown)}; valid keys: {sorted(STAGE_KEYS)}.")

@@ -238,3 +238,32 @@ def test_training_lowers_segment_nll(model_dir, tokenizer, tmp_path):
     logs = [log for log in trainer.state.log_history if "self_assessment/nll" in log]
     assert logs[-1]["self_assessment/nll"] < 0.5 * logs[0]["self_assessment/nll"]
     assert all(0.0 <= log["self_assessment/brier"] <= 1.0 for log in logs)
+
+
+def test_conversational_prompts(model_dir, tokenizer, tmp_path):
+    """Chat prompts: rewards see the assistant message without the marker, segments are appended as usual."""
+    seen = []
+
+    def reward(completions, **kwargs):
+        seen.extend(completions)
+        return [float(len(c[0]["content"]) % 2) for c in completions]
+
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=16, max_steps=2, logging_steps=1,
+        log_completions=False,
+    ))  # fmt: skip
+    chat = [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in PROMPTS]
+    trainer = PCLGRPOTrainer(
+        model_dir, reward, args=args, train_dataset=Dataset.from_list(chat), processing_class=tokenizer
+    )
+    trainer.train()
+    assert seen and all(c[0]["role"] == "assistant" and "<|post_completion|>" not in c[0]["content"] for c in seen)
+    assert "self_assessment/frac_with_segment" in trainer.state.log_history[0]
+
+
+def test_args_must_be_a_pcl_config(model_dir, tokenizer, tmp_path):
+    from trl import GRPOConfig
+
+    args = GRPOConfig(output_dir=str(tmp_path), bf16=False)
+    with pytest.raises(TypeError, match="must be a PCLGRPOConfig"):
+        PCLGRPOTrainer(model_dir, parity_reward, args=args, processing_class=tokenizer)
