@@ -7,7 +7,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .grpo_config import PCLGRPOConfig
-from .marker import CONFIG_KEY, prepare_model, resolve_args_and_tokenizer, segment_tokens
+from .marker import CONFIG_KEY, attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .sft_trainer import PAPER
 
 
@@ -96,7 +96,7 @@ class PCLGRPOTrainer(GRPOTrainer):
         self._pcl_score_index = None  # (rows, positions) of the score tokens in the full sequence
         self._pcl_level_logits = None
         self._pcl_level_grad = False
-        self._pcl_base.base_model.register_forward_hook(self._read_level_logits)
+        attach_hook(self._pcl_base.base_model, self._read_level_logits)
 
     def _configure_stop_ids(self) -> None:
         """Teacher-forced rollouts stop at the marker; generated ones must be free to write past it."""
@@ -268,7 +268,7 @@ class PCLGRPOTrainer(GRPOTrainer):
 
     def _read_level_logits(self, module, args, output):
         # Backbone forward hook: the score levels' logits at each score position, at the fused head's temperature
-        if self._pcl_score_index is None:
+        if self._pcl_score_index is None or not hasattr(output, "last_hidden_state"):
             return
         rows, positions = self._pcl_score_index
         hidden = output.last_hidden_state[rows, positions - 1]  # the hidden state before a token predicts it

@@ -34,6 +34,17 @@ def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, proce
     return args, processing_class
 
 
+def attach_hook(module, hook, **kwargs) -> None:
+    """Register PCL's forward hook on `module`, replacing one a previous PCL trainer left on the same model.
+
+    A model object reused by a second trainer would otherwise carry both hooks (and weight its segment twice).
+    """
+    old = getattr(module, "_pcl_hook", None)
+    if old is not None:
+        old.remove()
+    module._pcl_hook = module.register_forward_hook(hook, **kwargs)
+
+
 def add_marker_token(tokenizer: PreTrainedTokenizerBase, marker: str) -> int:
     """Make `marker` a single special token of `tokenizer` (adding it if the vocabulary lacks it); return its id."""
     if marker not in tokenizer.get_vocab():
@@ -132,7 +143,7 @@ def load_pcl_model(path: str, **model_kwargs) -> tuple[PreTrainedModel, PreTrain
         raise FileNotFoundError(f"No model directory at {path!r}.")
     files = set(os.listdir(path))
     missing = [f for f in ("config.json", "generation_config.json") if f not in files]
-    if not any(f.endswith(".safetensors") or f.endswith(".bin") for f in files):
+    if not any(f.endswith(".safetensors") or (f.startswith("pytorch_model") and f.endswith(".bin")) for f in files):
         missing.append("model weights (*.safetensors)")
     if not any(f.startswith("tokenizer") for f in files):
         missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")

@@ -8,7 +8,7 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel
 from trl import SFTTrainer
 
-from .marker import prepare_model, resolve_args_and_tokenizer, segment_tokens
+from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .segment import SegmentFormat, empty_segment_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
 
@@ -152,7 +152,7 @@ class PCLSFTTrainer(SFTTrainer):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.segment_tokens = prepare_model(base, processing_class, fmt)
         self._pcl_stats = None
-        base.register_forward_hook(self._reweight_log_probs, with_kwargs=True)
+        attach_hook(base, self._reweight_log_probs, with_kwargs=True)
 
     def _reweight_log_probs(self, module: PreTrainedModel, args, kwargs, output):
         # Runs inside the model's forward, on the outputs of TRL's fused LM head: weight the segment's log-probs

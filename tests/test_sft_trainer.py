@@ -178,3 +178,14 @@ class TestGuardRails:
         rows = [{"prompt": "1 =", "completion": " 1", "reward": 2.0}]
         trainer = make_trainer(tiny_model, tokenizer, rows, tmp_path, self_assessment_out_of_range="clip")
         assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).endswith("<|post_completion|>9<eos>")
+
+
+def test_reusing_a_model_does_not_stack_hooks(tiny_model, tokenizer, tmp_path):
+    """A model passed to a second trainer is weighted once: same loss as a fresh copy of it."""
+    rows = addition_rows(16)
+    fresh = copy.deepcopy(tiny_model)
+    make_trainer(tiny_model, tokenizer, rows, tmp_path, self_assessment_weight=0.3)
+    reused = make_trainer(tiny_model, tokenizer, rows, tmp_path, self_assessment_weight=0.3)
+    new = make_trainer(fresh, tokenizer, rows, tmp_path, self_assessment_weight=0.3)
+    batch = first_batch(new)
+    torch.testing.assert_close(loss_and_grads(reused, batch)[0], loss_and_grads(new, batch)[0])
