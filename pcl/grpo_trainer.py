@@ -9,6 +9,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from .grpo_config import PCLGRPOConfig
 from .marker import CONFIG_KEY, attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .sft_trainer import PAPER
+from .validation import check_no_marker, checked_reward_func, row_texts
 
 
 def _check_prompts(dataset, marker: str, name: str) -> None:
@@ -17,12 +18,7 @@ def _check_prompts(dataset, marker: str, name: str) -> None:
     if "prompt" not in dataset.column_names:
         raise ValueError(f"The {name} dataset has no 'prompt' column (columns: {dataset.column_names}).")
     for idx, prompt in enumerate(dataset["prompt"]):
-        texts = [prompt] if isinstance(prompt, str) else [m.get("content", "") for m in prompt]
-        if any(marker in str(t) for t in texts):
-            raise ValueError(
-                f"Row {idx} of the {name} dataset already contains the marker {marker!r}. Choose another "
-                "`self_assessment_marker` or clean the data."
-            )
+        check_no_marker(row_texts(prompt, "prompt", idx, name), marker, idx, name)
 
 
 class PCLGRPOTrainer(GRPOTrainer):
@@ -78,6 +74,9 @@ class PCLGRPOTrainer(GRPOTrainer):
         _check_prompts(train_dataset, fmt.marker, "train")
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:
             _check_prompts(ds, fmt.marker, name)
+        reward_funcs = [
+            checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
+        ]
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, **kwargs,

@@ -76,6 +76,12 @@ def segment_tokens(
 ) -> SegmentTokens:
     """Resolve a [`SegmentFormat`] to token ids, checking that it tokenises the same alone and in context."""
     marker_id = add_marker_token(tokenizer, fmt.marker)
+    for role in ("eos", "pad"):
+        if marker_id == getattr(tokenizer, f"{role}_token_id"):
+            raise ValueError(
+                f"The marker {fmt.marker!r} is the tokenizer's {role} token: the marker must be a token of its own "
+                f"(the segment ends at EOS, and padding must not read as markers). Pick another marker."
+            )
     prefix_ids = tokenizer.encode(fmt.prefix, add_special_tokens=False) if fmt.prefix else []
     level_ids = []
     for text in fmt.level_texts():

@@ -23,6 +23,7 @@ trainer option for every stage that has it, `--a.b.c value` sets a nested recipe
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,23 @@ class Stage:
     self_labelled: dict | None = None
     # Questions this stage trained on, so the benchmark can drop them from its held-out set
     prompts: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _plain_loading():
+    """Load models for inference only (self-labelling, the benchmark) unpartitioned, even inside a ZeRO-3 launch.
+
+    Under ZeRO-3, transformers partitions every `from_pretrained` while the trainer's DeepSpeed config is registered;
+    a model used outside the engine would then have empty weights.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def _set_nested(recipe: dict, dotted: str, value: Any) -> None:
@@ -182,7 +200,8 @@ def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
     data = load_task(task)
     questions = list(data["prompt"])
     if isinstance(model, str):
-        model = AutoModelForCausalLM.from_pretrained(model)
+        with _plain_loading():
+            model = AutoModelForCausalLM.from_pretrained(model)
     if not hasattr(model.config, CONFIG_KEY):
         prepare_model(model, tokenizer, fmt)  # a base model: its answers must end at the marker like in training
     gens = generate(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
@@ -239,6 +258,10 @@ def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
     if os.path.exists(os.path.join(out, DONE_FILE)) and resume:
         logger.warning(f"Stage {stage.name!r} already complete in {out}; skipping.")
         return out
+    # Each stage builds its own Accelerator; a DeepSpeed launch allows only one per process state, so reset it
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     dataset = _stage_dataset(stage, model, tokenizer)
     if stage.trainer == "sft" and stage.self_labelled is not None:
         logger.warning(f"Stage {stage.name!r}: {len(dataset)} rows (gold answers and self-labelled answers).")
@@ -289,7 +312,8 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
             task = TaskSpec.from_dict(spec.pop("task"))
             # Stages skipped on resume did not load their data: fall back to regenerating their questions
             train_prompts = [p for s in stages for p in (s.prompts or load_task(s.task)["prompt"])]
-            result["calibration"] = run_calibration(
-                model, task, os.path.join(recipe["output_dir"], "calibration"), train_prompts=train_prompts, **spec
-            )
+            with _plain_loading():
+                result["calibration"] = run_calibration(
+                    model, task, os.path.join(recipe["output_dir"], "calibration"), train_prompts=train_prompts, **spec
+                )
     return result

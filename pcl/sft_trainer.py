@@ -11,6 +11,7 @@ from trl import SFTTrainer
 from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .segment import SegmentFormat, empty_segment_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
+from .validation import check_no_marker, row_texts
 
 
 PAPER = {
@@ -57,18 +58,15 @@ def render_rows(
 
     def render(row, idx):
         prompt, completion = row["prompt"], row["completion"]
-        if not prompt or not completion:
-            raise ValueError(f"Row {idx} of the {name} dataset has an empty prompt or completion.")
+        texts = row_texts(prompt, "prompt", idx, name) + row_texts(completion, "completion", idx, name)
+        if isinstance(prompt, str) != isinstance(completion, str):
+            raise ValueError(
+                f"Row {idx} of the {name} dataset mixes formats: the prompt is a "
+                f"{'string' if isinstance(prompt, str) else 'list of messages'} and the completion is not. Use two "
+                "strings, or two lists of chat messages."
+            )
+        check_no_marker(texts, fmt.marker, idx, name)
         only = bool(row.get(only_column))
-        if not isinstance(completion, (str, list)) or (isinstance(completion, list) and not completion):
-            raise ValueError(f"Row {idx} of the {name} dataset: completion must be a string or a list of messages.")
-        texts = [prompt, completion] if isinstance(prompt, str) else [*prompt, *completion]
-        for text in texts:
-            if fmt.marker in (text if isinstance(text, str) else str(text.get("content", ""))):
-                raise ValueError(
-                    f"Row {idx} of the {name} dataset already contains the marker {fmt.marker!r}; it would be "
-                    "mistaken for a segment. Choose another `self_assessment_marker` or clean the data."
-                )
         reward = row.get(reward_column)
         if isinstance(reward, float) and math.isnan(reward):
             raise ValueError(

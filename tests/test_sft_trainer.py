@@ -163,7 +163,7 @@ class TestGuardRails:
             ({"prompt": "1 =", "completion": " 1", "reward": math.nan}, "NaN reward"),
             ({"prompt": "1 =", "completion": " 1", "reward": 2.0}, "outside the declared"),
             ({"prompt": "1 =", "completion": " 1", "reward": math.inf}, "infinite"),
-            ({"prompt": "1 =", "completion": "", "reward": 1.0}, "empty prompt or completion"),
+            ({"prompt": "1 =", "completion": "", "reward": 1.0}, "empty completion"),
         ],
     )
     def test_bad_rows(self, tiny_model, tokenizer, tmp_path, row, match):

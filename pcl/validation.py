@@ -1,0 +1,55 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""Input checks shared by the trainers: dataset rows and reward values that would otherwise train silently wrong."""
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from numbers import Real
+
+
+def row_texts(value, field: str, idx: int, name: str) -> list[str]:
+    """The texts of a prompt/completion: a non-empty string, or a non-empty list of messages with string contents."""
+    where = f"Row {idx} of the {name} dataset"
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{where} has an empty {field}.")
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        contents = [m.get("content") for m in value]
+        if all(isinstance(c, str) for c in contents):
+            return contents
+    raise ValueError(
+        f"{where}: {field} must be a non-empty string or a list of chat messages "
+        f"({{'role': ..., 'content': str}}), got {type(value).__name__} {str(value)[:60]!r}."
+    )
+
+
+def check_no_marker(texts: list[str], marker: str, idx: int, name: str) -> None:
+    if any(marker in text for text in texts):
+        raise ValueError(
+            f"Row {idx} of the {name} dataset already contains the marker {marker!r}; it would be mistaken for a "
+            "segment. Choose another `self_assessment_marker` or clean the data."
+        )
+
+
+def checked_reward_func(func: Callable) -> Callable:
+    """Wrap a reward function so a non-numeric reward names the function and the value (TRL's own error does not).
+
+    Reward models (`nn.Module`) and async functions are returned as they are.
+    """
+    if not callable(func) or inspect.iscoroutinefunction(func) or hasattr(func, "forward"):
+        return func
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        rewards = func(*args, **kwargs)
+        for i, r in enumerate(rewards):
+            if r is not None and (isinstance(r, bool) or not isinstance(r, Real) or math.isinf(r)):
+                raise ValueError(
+                    f"Reward function {getattr(func, '__name__', func)!r} returned {r!r} for sample {i}: rewards must "
+                    "be finite numbers, or None for 'not applicable'."
+                )
+        return rewards
+
+    return wrapper
