@@ -49,6 +49,11 @@ def test_run_calibration_on_trained_model(tmp_path, tokenizer):
     full = metrics["sources"]["full"]
     for source in ("pcl_expected", "pcl_written", "mean_token_prob", "sequence_prob", "min_token_prob"):
         assert 0.0 <= full[source]["ece_10"] <= 1.0 and 0.0 <= full[source]["brier"] <= 1.0
+    # The in-band confidence path, run on a model that never writes <confidence>: unparsed, counted, still reported
+    verbal = run_calibration(str(tmp_path / "model"), evaluation, str(tmp_path / "cal_verbal"),
+                             max_new_tokens=4, n_boot=0, quiet=True, confidence_model=str(tmp_path / "model"))  # fmt: skip
+    assert verbal["verbalized_model"]["parse_rate"] == 0.0 and verbal["verbalized_model"]["mean_tokens"] > 0
+    assert "verbalized" in verbal["sources"]["full"]
     saved = json.loads((tmp_path / "cal" / "metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"]
     assert f"{metrics['accuracy']:.3f}" in (tmp_path / "cal" / "report.md").read_text()
