@@ -70,6 +70,16 @@ class PCLGRPOTrainer(GRPOTrainer):
             model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, padding_side="left"
         )
         fmt = args.segment_format
+        if args.self_assessment_mode == "both" and args.deepspeed_plugin is not None:
+            from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+            if is_deepspeed_zero3_enabled():
+                # Its NLL projects hidden states through the gathered LM head outside the head's own forward, which
+                # ZeRO-3 cannot backpropagate into; the teacher-forced and generated modes read TRL's fused head only
+                raise ValueError(
+                    "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3. Use 'teacher_forced' or "
+                    "'generated', or ZeRO-2."
+                )
         segment_tokens(processing_class, fmt)  # adds the marker before the parent sets up generation
         _check_prompts(train_dataset, fmt.marker, "train")
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:

@@ -181,3 +181,13 @@ def test_pcl_train_recipe_under_zero3(tmp_path):
     assert metrics["n"] == 30 and metrics["deploy"]["with_tokens_after_marker"] == 0
     model, tokenizer, tokens = load_pcl_model(str(tmp_path / "assess"))
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+@pytest.mark.distributed
+def test_both_mode_refused_under_zero3(tmp_path):
+    prefix, extra = launcher("zero3")
+    cmd = [*prefix, str(SCRIPT), "grpo", str(tmp_path), "--config", json.dumps({"self_assessment_mode": "both"})]
+    proc = subprocess.run(
+        cmd, env=child_env(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
+    )
+    assert proc.returncode != 0 and "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3" in proc.stdout
