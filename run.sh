@@ -10,13 +10,20 @@ export HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 if [ ! -x .venv/bin/pcl ] || [ pyproject.toml -nt .venv/.pcl-installed ]; then
   echo "Setting up .venv (about 2 minutes the first time)..."
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+  log=$(mktemp)
   # The CPU build of torch first, so the dependencies below do not pull a multi-GB CUDA build
-  .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-  .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored" -e "BuildBackendWarning" || true
-  .venv/bin/python -c "import pcl, torch, trl" || { echo "setup failed: see the pip output above" >&2; exit 1; }
+  if ! { python3 -m venv .venv &&
+         .venv/bin/pip install -q --disable-pip-version-check --upgrade pip &&
+         .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0" &&
+         .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" &&
+         .venv/bin/python -c "import pcl, torch, trl"; } > "$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup failed: see the output above" >&2
+    exit 1
+  fi
+  rm -f "$log"
   touch .venv/.pcl-installed
+  echo "Set up .venv with pcl $(.venv/bin/python -c 'import pcl; print(pcl.__version__)')."
 fi
 if [ "${1:-}" = "--setup-only" ]; then
   exit 0
