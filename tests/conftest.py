@@ -33,6 +33,15 @@ def fmt():
     return SegmentFormat()
 
 
+@pytest.fixture
+def model_dir(tokenizer, tiny_model, tmp_path):
+    """The tiny model and tokenizer saved to a directory, for trainers that load by path (e.g. GRPO's ref model)."""
+    path = tmp_path / "base"
+    tiny_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def addition_rows(n: int = 100, reward=lambda a, b: float(a < 5)):
     """Prompt/completion rows for one-digit addition, with a reward rule the model can learn to predict."""
     rows = [

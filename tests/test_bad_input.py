@@ -13,7 +13,7 @@ from conftest import cpu_args
 from datasets import Dataset
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer
-from pcl.tiny import build_char_tokenizer, build_tiny_model
+from pcl.tiny import build_char_tokenizer
 
 
 GOOD_ROW = {"prompt": "1 + 1 =", "completion": " 2", "reward": 1.0}
@@ -35,14 +35,6 @@ def sft_trainer(tiny_model, tokenizer, tmp_path, rows, eval_rows=None, **config)
 
 def constant_reward(completions, **kwargs):
     return [1.0] * len(completions)
-
-
-@pytest.fixture
-def model_dir(tokenizer, tmp_path):
-    path = tmp_path / "base"
-    build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def grpo_trainer(model_dir, tmp_path, rows=PROMPTS, reward=constant_reward, tokenizer=None, eval_rows=None, **config):
@@ -76,7 +68,10 @@ class TestSFTRows:
     @pytest.mark.parametrize(
         "row, match",
         [
-            ({"prompt": "1 =", "completion": 5, "reward": 1.0}, "completion must be a non-empty string or a list of chat messages"),
+            (
+                {"prompt": "1 =", "completion": 5, "reward": 1.0},
+                "completion must be a non-empty string or a list of chat messages",
+            ),
             ({"prompt": "", "completion": " 1", "reward": 1.0}, "Row 0 of the train dataset has an empty prompt"),
             ({"prompt": "1 =", "completion": " 1", "reward": -math.inf}, "Reward -inf is infinite"),
             ({"prompt": "1 =", "completion": " 1", "reward": "high"}, "Row 0 of the train dataset: .*'high'"),

@@ -9,7 +9,6 @@ from datasets import Dataset
 from trl import GRPOTrainer
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer
-from pcl.tiny import build_tiny_model
 
 
 PROMPTS = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(10) for b in range(10)]
@@ -18,14 +17,6 @@ PROMPTS = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(10) f
 def parity_reward(completions, **kwargs):
     # Mixed rewards on an untrained model, so advantages are non-zero
     return [float(len(c) % 2) for c in completions]
-
-
-@pytest.fixture
-def model_dir(tokenizer, tmp_path):
-    path = tmp_path / "base"
-    build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config):

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_args
 from datasets import Dataset
 
 from pcl import PCLSFTConfig, PCLSFTTrainer
@@ -229,13 +230,7 @@ def test_trained_model_separates_rewards_and_stops_at_marker(tmp_path):
         learning_rate=3e-3,
         lr_scheduler_type="constant",
         logging_steps=1000,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
+        **cpu_args(),
     )
     trainer = PCLSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
