@@ -15,9 +15,16 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
-from .marker import format_of, segment_tokens
+from .marker import format_of, readout_temperature, segment_tokens
 from .segment import SegmentTokens
 
 
@@ -34,6 +41,8 @@ class Generation:
         stop (`str`): Why generation ended: `"marker"`, `"eos"` or `"length"` (`max_new_tokens` reached).
         token_ids (`list[int]`): The generated ids (padding removed).
         tokens_after_marker (`int`): Tokens generated after the first marker (0 in deploy mode).
+        self_score (`float`, *optional*): With `generate(..., self_score=True)`, the expected normalised score read
+            from the generation's own KV cache right after the marker (`None` for answers that did not stop there).
     """
 
     text: str
@@ -41,6 +50,45 @@ class Generation:
     stop: str
     token_ids: list[int]
     tokens_after_marker: int
+    self_score: float | None = None
+
+
+class _ScoreAfterMarker(LogitsProcessor):
+    """Reads the self-score during generation: after a row writes the marker, feed the prefix, then keep the score
+    levels' distribution at the next step and stop the row. Costs `len(prefix) + 1` decoding steps per batch."""
+
+    def __init__(self, tokens: SegmentTokens, prompt_len: int, temperature: float, batch: int, device):
+        self.tokens, self.prompt_len, self.temperature = tokens, prompt_len, temperature
+        self.level_ids = torch.as_tensor(tokens.level_ids, device=device)
+        self.prefix = torch.as_tensor(tokens.prefix_ids, dtype=torch.long, device=device)
+        self.values = torch.linspace(0, 1, len(tokens.level_ids), device=device)
+        self.scores = [None] * batch
+
+    def _offsets(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Steps since each row's first marker (-1 where there is none yet)
+        generated = input_ids[:, self.prompt_len :]
+        if generated.size(1) == 0:
+            return torch.full((input_ids.size(0),), -1, device=input_ids.device)
+        is_marker = generated == self.tokens.marker_id
+        first = torch.where(is_marker.any(-1), is_marker.int().argmax(-1), generated.size(1))
+        return generated.size(1) - 1 - first
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        offsets = self._offsets(input_ids)
+        n_prefix = len(self.prefix)
+        for row in ((offsets >= 0) & (offsets < n_prefix)).nonzero().flatten().tolist():
+            forced = torch.full_like(scores[row], float("-inf"))
+            forced[self.prefix[offsets[row]]] = 0.0
+            scores[row] = forced
+        for row in (offsets == n_prefix).nonzero().flatten().tolist():
+            if self.scores[row] is None:
+                probs = (scores[row, self.level_ids].float() / self.temperature).softmax(-1)
+                self.scores[row] = (probs * self.values).sum().item()
+        return scores
+
+    def stopping(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        # A row is done once its score was read (the token sampled at that step is discarded)
+        return self._offsets(input_ids) > len(self.prefix)
 
 
 # ---- shared helpers (also used by pcl.readout) ---------------------------------------------------------------------
@@ -127,14 +175,19 @@ def generate(
     stop_at_marker: bool = True,
     show_progress: bool = True,
     tokens: SegmentTokens | None = None,
+    self_score: bool = False,
 ) -> list[Generation]:
     """Generate an answer for each prompt (a string or a list of chat messages), in left-padded batches.
 
     With `stop_at_marker=True` (deploy mode) the model's saved generation config decides where to stop; for a PCL
     checkpoint it lists the marker, so answers end there and cost no assessment tokens. With `stop_at_marker=False`
     the marker is removed from the stop ids, so the model goes on to write `[prefix] SCORE EOS` (to measure what the
-    written self-assessment costs).
+    written self-assessment costs). With `self_score=True` (deploy mode only) each answer that stops at the marker also
+    gets its self-score, read from the generation's KV cache: the same value as `pcl.readout.self_scores`, for
+    `len(prefix) + 1` extra decoding steps per batch instead of a second pass over prompt and answer.
     """
+    if self_score and (not stop_at_marker or do_sample):
+        raise ValueError("`self_score=True` needs greedy deploy-mode generation (`stop_at_marker=True`, no sampling).")
     tokens = segment_tokens_of(model, tokenizer, tokens)
     pad_id = pad_id_of(tokenizer, tokens)
     saved_eos = _as_list(model.generation_config.eos_token_id)
@@ -159,10 +212,33 @@ def generate(
             input_ids, attention_mask = pad_left(
                 [encode_prompt(tokenizer, prompts[i]) for i in idx], pad_id, model.device
             )
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            for row in out[:, input_ids.size(1) :].tolist():
-                results.append(_to_generation(row, stop_ids, tokens, tokenizer))
+            extra = {}
+            if self_score:
+                reader = _ScoreAfterMarker(
+                    tokens, input_ids.size(1), readout_temperature(model), len(idx), model.device
+                )
+                # The marker stays a stop for the returned answers but not for `generate`: the reader stops each row
+                extra = {
+                    "eos_token_id": [i for i in stop_ids if i != tokens.marker_id],
+                    "logits_processor": LogitsProcessorList([reader]),
+                    "stopping_criteria": StoppingCriteriaList([_Stop(reader.stopping)]),
+                    "max_new_tokens": max_new_tokens + len(tokens.prefix_ids) + 1,
+                }
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **{**kwargs, **extra})
+            for i, row in enumerate(out[:, input_ids.size(1) :].tolist()):
+                gen = _to_generation(row[:max_new_tokens] if self_score else row, stop_ids, tokens, tokenizer)
+                if self_score and gen.stop == "marker":
+                    gen.self_score = reader.scores[i]
+                results.append(gen)
     return results
+
+
+class _Stop(StoppingCriteria):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.fn(input_ids, scores)
 
 
 def _to_generation(

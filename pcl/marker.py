@@ -143,6 +143,12 @@ def format_of(model: PreTrainedModel) -> SegmentFormat:
     return SegmentFormat(**{k: tuple(v) if k == "reward_range" else v for k, v in saved.items() if k in known})
 
 
+def readout_temperature(model: PreTrainedModel) -> float:
+    """Temperature the score logits were trained at (PCL-GRPO records its sampling temperature), default 1.0."""
+    saved = getattr(model.config, CONFIG_KEY, None) or {}
+    return float(saved.get("readout_temperature", 1.0))
+
+
 def load_pcl_model(path: str, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SegmentTokens]:
     """Load a PCL checkpoint for deployment or introspection, refusing ones whose marker setup is broken."""
     if not os.path.isdir(path):

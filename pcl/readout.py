@@ -23,17 +23,11 @@ from .inference import (
     pad_left,
     segment_tokens_of,
 )
-from .marker import CONFIG_KEY
+from .marker import readout_temperature
 from .segment import SegmentTokens
 
 
 Completion = str | list[dict]
-
-
-def readout_temperature(model: PreTrainedModel) -> float:
-    """Temperature the score logits were trained at (PCL-GRPO records its sampling temperature), default 1.0."""
-    saved = getattr(model.config, CONFIG_KEY, None) or {}
-    return float(saved.get("readout_temperature", 1.0))
 
 
 def _completion_text(completion: Completion) -> str:

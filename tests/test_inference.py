@@ -165,3 +165,22 @@ def test_helpers(setup):
     ids, mask = pad_left([[5, 6], [7]], 0)
     assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
     assert marker_leak_check([]) == {"n": 0, "with_tokens_after_marker": 0, "share": 0.0}
+
+
+def test_self_score_from_the_generation_cache(setup, scripted):
+    """The prefix is fed after the marker and the score read at the next step: same value as the separate readout."""
+    from pcl.readout import self_scores
+
+    model, tokenizer, tokens = setup
+    scripted(TABLE)
+    prompts = ["1 + 6 =", "why?", "long prompt, 3 + 4 ="]
+    out = generate(model, tokenizer, prompts, max_new_tokens=10, show_progress=False, self_score=True)
+    plain = generate(model, tokenizer, prompts, max_new_tokens=10, show_progress=False)
+    assert [g.token_ids for g in out] == [g.token_ids for g in plain]  # the answers are the deploy-mode answers
+    assert out[1].stop == "eos" and out[1].self_score is None
+    separate = self_scores(model, tokenizer, [prompts[0], prompts[2]], [out[0].text, out[2].text])
+    assert [out[0].self_score, out[2].self_score] == pytest.approx(separate)
+    # After the forced prefix "c: " the script continues with "7", not a level: the levels are tied, expectation 0.5
+    assert separate == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="greedy deploy-mode"):
+        generate(model, tokenizer, prompts, stop_at_marker=False, self_score=True)

@@ -248,6 +248,11 @@ def test_trained_model_separates_rewards_and_stops_at_marker(tmp_path):
     assert all(g.tokens_after_marker == 0 for g in deployed)
     assert all(g.stop == "marker" for g in deployed)
     assert marker_leak_check(deployed)["with_tokens_after_marker"] == 0
+    # The self-score read from the generation's own KV cache equals the separate forward pass over the same answers
+    cached = generate(model, tokenizer, prompts, max_new_tokens=8, show_progress=False, self_score=True, batch_size=7)
+    assert [g.token_ids for g in cached] == [g.token_ids for g in deployed]
+    separate = self_scores(model, tokenizer, prompts, [g.text for g in deployed])
+    np.testing.assert_allclose([g.self_score for g in cached], separate, atol=1e-5)
     written_out = generate(model, tokenizer, prompts, max_new_tokens=8, stop_at_marker=False, show_progress=False)
     assert marker_leak_check(written_out)["with_tokens_after_marker"] > 0
     # The segment costs tokens the deployed model does not spend
