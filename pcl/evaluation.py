@@ -21,7 +21,7 @@ from .inference import generate, marker_leak_check
 from .marker import format_of, load_pcl_model
 from .plots import reliability_diagram, reliability_grid, risk_coverage_plot
 from .readout import self_scores, token_logprob_confidence, written_scores
-from .tasks import TaskSpec, held_out, load_task, make_reward_func, resolve_reward_func
+from .tasks import TaskSpec, held_out, load_task, make_reward_func, resolve_reward_func, score_completions
 
 
 SOURCE_NAMES = {
@@ -46,11 +46,7 @@ def parse_verbalized_confidence(text: str) -> tuple[str, float | None]:
 
 
 def _score(reward_func: Callable, data, completions: Sequence[str], normalize: Callable) -> list[float | None]:
-    columns = {k: data[k] for k in data.column_names if k != "prompt"}
-    rewards = reward_func(prompts=data["prompt"], completions=list(completions), **columns)
-    if len(rewards) != len(completions):
-        raise ValueError(f"The reward function returned {len(rewards)} rewards for {len(completions)} answers.")
-    return [None if r is None else normalize(r) for r in rewards]
+    return [None if r is None else normalize(r) for r in score_completions(reward_func, data, completions)]
 
 
 def _verbalized(model_dir: str, data, reward_func, normalize, max_new_tokens: int, batch_size: int) -> dict:
@@ -59,9 +55,7 @@ def _verbalized(model_dir: str, data, reward_func, normalize, max_new_tokens: in
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    from .inference import generate as _generate
-
-    gens = _generate(model, tokenizer, data["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size,
+    gens = generate(model, tokenizer, data["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size,
                      stop_at_marker=False, tokens=_NoMarker(tokenizer))  # fmt: skip
     texts = tokenizer.batch_decode([g.token_ids for g in gens], skip_special_tokens=True)
     parsed = [parse_verbalized_confidence(t) for t in texts]
@@ -129,6 +123,8 @@ def run_calibration(
     reward_func = make_reward_func(task) if reward == "task" else resolve_reward_func(reward)
     normalize = fmt.normalize
 
+    # Warm up on a few prompts, so neither of the two timed generations below pays the first call's start-up
+    generate(model, tokenizer, data["prompt"][:8], max_new_tokens=max_new_tokens, tokens=tokens, show_progress=False)
     start = time.perf_counter()
     gens = generate(model, tokenizer, data["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size,
                     tokens=tokens, show_progress=not quiet)  # fmt: skip
@@ -140,16 +136,11 @@ def run_calibration(
     confidences = {"pcl_expected": self_scores(model, tokenizer, data["prompt"], answers, batch_size=batch_size,
                                                tokens=tokens, show_progress=not quiet)}  # fmt: skip
     readout_time = time.perf_counter() - start
-    # The same score read from the generation's own KV cache: the deployment-time cost of introspection. Plain
-    # generation runs again after it, so warm-up does not favour either side
+    # The same score read from the generation's own KV cache: the deployment-time cost of introspection
     start = time.perf_counter()
     cached = generate(model, tokenizer, data["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size,
                       tokens=tokens, show_progress=False, self_score=True)  # fmt: skip
     cached_time = time.perf_counter() - start
-    start = time.perf_counter()
-    generate(model, tokenizer, data["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size, tokens=tokens,
-             show_progress=False)  # fmt: skip
-    generation_time = (generation_time + time.perf_counter() - start) / 2
     cache_diff = [abs(g.self_score - q) for g, q in zip(cached, confidences["pcl_expected"], strict=True)
                   if g.self_score is not None]  # fmt: skip
     written = written_scores(model, tokenizer, data["prompt"], answers, batch_size=batch_size, tokens=tokens)

@@ -33,7 +33,7 @@ from trl import TrlParser
 from .grpo_config import PCLGRPOConfig
 from .marker import CONFIG_KEY, prepare_model
 from .sft_config import PCLSFTConfig
-from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func
+from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func, score_completions
 
 
 logger = logging.getLogger(__name__)
@@ -207,8 +207,7 @@ def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
     gens = generate(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
     answers = [" " + g.text.strip() for g in gens]
     func = make_reward_func(task) if reward == ["task"] else resolve_reward_func(reward[0])
-    columns = {k: data[k] for k in data.column_names if k != "prompt"}
-    rewards = func(prompts=data["prompt"], completions=[a.strip() for a in answers], **columns)
+    rewards = score_completions(func, data, [a.strip() for a in answers])
     # Truncated answers stay: deployment truncates too, and their score is read the same way
     keep = [i for i, r in enumerate(rewards) if r is not None]
     if not keep:

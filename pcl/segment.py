@@ -168,9 +168,13 @@ def empty_segment_mask(input_ids: torch.Tensor, marker_id: int, eos_ids: Iterabl
     return is_eos & after_marker
 
 
-def score_mask(input_ids: torch.Tensor, tokens: SegmentTokens) -> torch.Tensor:
-    """Positions of the score token (the level right before the segment's EOS) inside segments."""
-    in_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)
+def score_mask(input_ids: torch.Tensor, tokens: SegmentTokens, in_segment: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions of the score token (the level right before the segment's EOS) inside segments.
+
+    Pass `in_segment` (from `segment_mask`) when the caller already has it, to avoid computing it twice.
+    """
+    if in_segment is None:
+        in_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)
     is_level = torch.isin(input_ids, torch.as_tensor(tokens.level_ids, device=input_ids.device))
     next_is_eos = torch.zeros_like(is_level)
     next_is_eos[..., :-1] = torch.isin(input_ids[..., 1:], torch.as_tensor(tokens.eos_ids, device=input_ids.device))

@@ -158,12 +158,13 @@ class PCLSFTTrainer(SFTTrainer):
             return None
         input_ids, tokens = kwargs["input_ids"], self.segment_tokens
         # log_probs[:, t] scores input_ids[:, t + 1]
-        in_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:]
+        full_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)
+        in_segment = full_segment[:, 1:]
         empty = empty_segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:]
         scored = in_segment & ~empty & output.label_mask.bool()
         weight = torch.ones_like(output.log_probs)
         weight = weight.masked_fill(scored, self.args.self_assessment_weight).masked_fill(empty, 0.0)
-        is_score = score_mask(input_ids, tokens)[:, 1:] & output.label_mask.bool()
+        is_score = score_mask(input_ids, tokens, full_segment)[:, 1:] & output.label_mask.bool()
         with torch.no_grad():
             top1 = output.is_top1 if output.is_top1 is not None else torch.zeros_like(is_score)
             self._pcl_stats = torch.stack(

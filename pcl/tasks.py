@@ -36,6 +36,7 @@ __all__ = [
     "load_task",
     "make_reward_func",
     "resolve_reward_func",
+    "score_completions",
 ]
 
 _COLUMNS = ("prompt", "answer", "task", "entry")
@@ -355,6 +356,19 @@ def make_reward_func(spec: TaskSpec, threshold: float = 1.0) -> Callable[..., li
 
     reward_func.__name__ = reward_func.__qualname__ = f"{spec.task_name}_accuracy"
     return reward_func
+
+
+def score_completions(reward_func: Callable, data: datasets.Dataset, completions: list) -> list[float | None]:
+    """Call a TRL-style reward function on answers to `data`'s prompts, with the dataset columns as keyword
+    arguments (as GRPOTrainer does), and check it returned one reward per answer."""
+    columns = {k: data[k] for k in data.column_names if k != "prompt"}
+    rewards = reward_func(prompts=data["prompt"], completions=list(completions), **columns)
+    if len(rewards) != len(completions):
+        raise ValueError(
+            f"Reward function {getattr(reward_func, '__name__', reward_func)!r} returned {len(rewards)} rewards for "
+            f"{len(completions)} answers."
+        )
+    return list(rewards)
 
 
 def resolve_reward_func(ref: str) -> Callable:

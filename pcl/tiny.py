@@ -1,6 +1,7 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """A tiny character-level causal LM built locally (no downloads): the quickstart's model and the tests' fixture."""
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -41,8 +42,6 @@ def build_tiny_model(
     seed: int = 0,
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama sized for CPU training from scratch."""
-    import torch
-
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
