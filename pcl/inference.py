@@ -55,7 +55,12 @@ class Generation:
 
 class _ScoreAfterMarker(LogitsProcessor):
     """Reads the self-score during generation: after a row writes the marker, feed the prefix, then keep the score
-    levels' distribution at the next step and stop the row. Costs `len(prefix) + 1` decoding steps per batch."""
+    levels' distribution at the next step and stop the row. Costs `len(prefix) + 1` decoding steps per batch.
+
+    The levels are read from the model's raw logits of the step (captured by a forward hook, see `capture`), not from
+    the `scores` this processor receives: those have been through the generation config's processors
+    (repetition_penalty, no_repeat_ngram_size, suppress_tokens...), which the separate readout never applies.
+    """
 
     def __init__(self, tokens: SegmentTokens, prompt_len: int, temperature: float, batch: int, device):
         self.tokens, self.prompt_len, self.temperature = tokens, prompt_len, temperature
@@ -63,6 +68,21 @@ class _ScoreAfterMarker(LogitsProcessor):
         self.prefix = torch.as_tensor(tokens.prefix_ids, dtype=torch.long, device=device)
         self.values = torch.linspace(0, 1, len(tokens.level_ids), device=device)
         self.scores = [None] * batch
+        self.raw = None
+
+    @contextlib.contextmanager
+    def capture(self, model: PreTrainedModel):
+        """Keep the last position's logits of each forward of `model` (only the current step's, so no memory grows)."""
+
+        def hook(module, args, output):
+            logits = output.logits if hasattr(output, "logits") else output[0]
+            self.raw = logits[:, -1]
+
+        handle = model.register_forward_hook(hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
 
     def _offsets(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Steps since each row's first marker (-1 where there is none yet)
@@ -82,12 +102,13 @@ class _ScoreAfterMarker(LogitsProcessor):
             scores[row] = forced
         for row in (offsets == n_prefix).nonzero().flatten().tolist():
             if self.scores[row] is None:
-                probs = (scores[row, self.level_ids].float() / self.temperature).softmax(-1)
+                level_logits = self.raw[row].to(self.level_ids.device).index_select(-1, self.level_ids).float()
+                probs = (level_logits / self.temperature).softmax(-1)
                 self.scores[row] = (probs * self.values).sum().item()
         return scores
 
     def stopping(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        # A row is done once its score was read (the token sampled at that step is discarded)
+        # A row is done once its score was read (the token chosen at that step is discarded)
         return self._offsets(input_ids) > len(self.prefix)
 
 
@@ -184,10 +205,15 @@ def generate(
     the marker is removed from the stop ids, so the model goes on to write `[prefix] SCORE EOS` (to measure what the
     written self-assessment costs). With `self_score=True` (deploy mode only) each answer that stops at the marker also
     gets its self-score, read from the generation's KV cache: the same value as `pcl.readout.self_scores`, for
-    `len(prefix) + 1` extra decoding steps per batch instead of a second pass over prompt and answer.
+    `len(prefix) + 1` extra decoding steps per batch instead of a second pass over prompt and answer. The score is read
+    from the model's raw logits, so the generation config's logits processors and warpers (repetition penalty,
+    suppressed tokens, temperature, top-k...) shape the answer but not its score, with or without sampling.
     """
-    if self_score and (not stop_at_marker or do_sample):
-        raise ValueError("`self_score=True` needs greedy deploy-mode generation (`stop_at_marker=True`, no sampling).")
+    if self_score and not stop_at_marker:
+        raise ValueError(
+            "`self_score=True` reads the score in deploy mode (`stop_at_marker=True`): with `stop_at_marker=False` the "
+            "model writes its score instead; parse it with `pcl.segment.SegmentTokens.parse_ids`."
+        )
     tokens = segment_tokens_of(model, tokenizer, tokens)
     pad_id = pad_id_of(tokenizer, tokens)
     saved_eos = _as_list(model.generation_config.eos_token_id)
@@ -224,7 +250,8 @@ def generate(
                     "stopping_criteria": StoppingCriteriaList([_Stop(reader.stopping)]),
                     "max_new_tokens": max_new_tokens + len(tokens.prefix_ids) + 1,
                 }
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **{**kwargs, **extra})
+            with reader.capture(model) if self_score else contextlib.nullcontext():
+                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **{**kwargs, **extra})
             for i, row in enumerate(out[:, input_ids.size(1) :].tolist()):
                 gen = _to_generation(row[:max_new_tokens] if self_score else row, stop_ids, tokens, tokenizer)
                 if self_score and gen.stop == "marker":

@@ -167,20 +167,86 @@ def test_helpers(setup):
     assert marker_leak_check([]) == {"n": 0, "with_tokens_after_marker": 0, "share": 0.0}
 
 
-def test_self_score_from_the_generation_cache(setup, scripted):
+# ---- the self-score read from the generation's KV cache -------------------------------------------------------------
+
+
+@pytest.fixture
+def distinct_levels():
+    """A tiny model whose answers are scripted (" 4" then the marker after "=") but whose level logits after the
+    prefix are the model's own, made distinct (and far from tied) by redrawing the level rows of the LM head."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, seed=0)
+    tokens = prepare_model(model, tokenizer, FMT)
+    with torch.no_grad():
+        rows = torch.randn(len(tokens.level_ids), 32, generator=torch.Generator().manual_seed(1))
+        model.lm_head.weight[list(tokens.level_ids)] = rows
+    nxt = {_id(tokenizer, "="): _id(tokenizer, "4"), _id(tokenizer, "4"): tokens.marker_id, _id(tokenizer, "?"): 1}
+    assert tokenizer.eos_token_id == 1
+
+    def hook(module, args, kwargs, output):
+        output.logits = output.logits.clone()
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        for row, t in enumerate(input_ids[:, -1].tolist()):
+            if t in nxt:  # only the answer is scripted; every other position keeps the model's logits
+                output.logits[row, -1] = -1e4
+                output.logits[row, -1, nxt[t]] = 1e4
+        return output
+
+    handle = model.register_forward_hook(hook, with_kwargs=True)
+    yield model, tokenizer, tokens
+    handle.remove()
+
+
+def _hand_score(model, tokenizer, tokens, prompt: str, answer: str) -> float:
+    """Expected level after `prompt answer MARKER prefix`, from a plain forward pass (softmax over the levels)."""
+    ids = [*tokenizer(prompt + answer)["input_ids"], tokens.marker_id, *tokens.prefix_ids]
+    with torch.no_grad():
+        level_logits = model(torch.tensor([ids])).logits[0, -1, list(tokens.level_ids)].double()
+    return float((level_logits.softmax(-1) * torch.linspace(0, 1, len(tokens.level_ids), dtype=torch.double)).sum())
+
+
+PROMPTS = ["3 + 4 =", "why?", "21 + 3 =", "a longer prompt, 1 + 2 ="]
+
+
+def test_self_score_from_the_generation_cache(distinct_levels):
     """The prefix is fed after the marker and the score read at the next step: same value as the separate readout."""
     from pcl.readout import self_scores
 
-    model, tokenizer, tokens = setup
-    scripted(TABLE)
-    prompts = ["1 + 6 =", "why?", "long prompt, 3 + 4 ="]
-    out = generate(model, tokenizer, prompts, max_new_tokens=10, show_progress=False, self_score=True)
-    plain = generate(model, tokenizer, prompts, max_new_tokens=10, show_progress=False)
+    model, tokenizer, tokens = distinct_levels
+    out = generate(model, tokenizer, PROMPTS, max_new_tokens=6, show_progress=False, self_score=True, batch_size=3)
+    plain = generate(model, tokenizer, PROMPTS, max_new_tokens=6, show_progress=False, batch_size=3)
     assert [g.token_ids for g in out] == [g.token_ids for g in plain]  # the answers are the deploy-mode answers
-    assert out[1].stop == "eos" and out[1].self_score is None
-    separate = self_scores(model, tokenizer, [prompts[0], prompts[2]], [out[0].text, out[2].text])
-    assert [out[0].self_score, out[2].self_score] == pytest.approx(separate)
-    # After the forced prefix "c: " the script continues with "7", not a level: the levels are tied, expectation 0.5
-    assert separate == pytest.approx([0.5, 0.5])
-    with pytest.raises(ValueError, match="greedy deploy-mode"):
-        generate(model, tokenizer, prompts, stop_at_marker=False, self_score=True)
+    scored = [i for i, g in enumerate(out) if g.stop == "marker"]
+    assert scored == [0, 2, 3] and out[1].self_score is None and all(out[i].text == "4" for i in scored)
+    hand = [_hand_score(model, tokenizer, tokens, PROMPTS[i], "4") for i in scored]
+    # The levels do not tie, and the answers do not all get the same score
+    assert max(hand) - min(hand) > 0.01 and all(abs(h - 0.5) > 0.01 for h in hand)
+    assert [out[i].self_score for i in scored] == pytest.approx(hand, abs=1e-5)
+    assert self_scores(model, tokenizer, [PROMPTS[i] for i in scored], ["4"] * 3) == pytest.approx(hand, abs=1e-5)
+    with pytest.raises(ValueError, match="deploy mode"):
+        generate(model, tokenizer, PROMPTS, stop_at_marker=False, self_score=True)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_self_score_ignores_the_generation_configs_processors(distinct_levels, do_sample):
+    """Processors of a saved generation config (Qwen2.5-Instruct ships repetition_penalty 1.05) shape the answer, not
+    the score: the cached score still equals the separate readout."""
+    model, tokenizer, tokens = distinct_levels
+    gen = model.generation_config  # the fixture's model is fresh for each test: no need to restore it
+    # Levels 1-4 occur in the prompts (repetition penalty), " " -> "4" occurs in them (no_repeat_ngram_size=2 bans "4"
+    # after the prefix's " "), level 2 is suppressed outright; the warpers act when sampling
+    gen.update(
+        repetition_penalty=1.05,
+        no_repeat_ngram_size=2,
+        suppress_tokens=[tokens.level_ids[2]],
+        temperature=0.7,
+        top_k=3,
+        top_p=0.9,
+    )
+    out = generate(
+        model, tokenizer, PROMPTS, max_new_tokens=6, show_progress=False, self_score=True, do_sample=do_sample
+    )
+    scored = [i for i, g in enumerate(out) if g.stop == "marker"]
+    assert scored == [0, 2, 3] and all(out[i].text == "4" for i in scored)
+    hand = [_hand_score(model, tokenizer, tokens, PROMPTS[i], "4") for i in scored]
+    assert [out[i].self_score for i in scored] == pytest.approx(hand, abs=1e-5)
