@@ -62,10 +62,14 @@ def test_padding_invariance(setup):
 
 
 def test_level_distribution(setup):
-    model, tokenizer, _ = setup
+    model, tokenizer, tokens = setup
     probs = level_distribution(model, tokenizer, PROMPTS, COMPLETIONS, batch_size=4)
     assert probs.shape == (len(PROMPTS), FMT.levels)
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    for row, p, c in zip(probs, PROMPTS, COMPLETIONS, strict=True):
+        ids = [*tokenizer(p + c)["input_ids"], tokens.marker_id, *tokens.prefix_ids]
+        with torch.no_grad():
+            level_logits = model(torch.tensor([ids])).logits[0, -1, list(tokens.level_ids)].double()
+        np.testing.assert_allclose(row, level_logits.softmax(-1).numpy(), atol=1e-6)
     expected = probs @ np.array([FMT.level_value(k) for k in range(FMT.levels)])
     np.testing.assert_allclose(self_scores(model, tokenizer, PROMPTS, COMPLETIONS), expected, atol=1e-12)
 
@@ -201,11 +205,112 @@ def test_written_scores_unparseable(setup, scripted):
     assert written_scores(model, tokenizer, PROMPTS[:2], COMPLETIONS[:2]) == [None, None]
 
 
-def test_written_scores_random_model(setup):
-    model, tokenizer, _ = setup
-    grid = {FMT.level_value(k) for k in range(FMT.levels)}
-    scores = written_scores(model, tokenizer, PROMPTS, COMPLETIONS)
-    assert len(scores) == len(PROMPTS) and all(s is None or s in grid for s in scores)
+def test_written_scores_are_the_greedy_level(setup):
+    """Unscripted level logits: the written score is the argmax of the level distribution (greedy, not a sample)."""
+    model, tokenizer, tokens = setup
+    lm_head = model.lm_head.weight
+    saved = lm_head[list(tokens.level_ids)].clone()
+    # Level rows spread over the plane in which the items' last hidden states differ most, so that the greedy level
+    # differs between items; large enough that a level is the most likely token of the whole vocabulary
+    with torch.no_grad():
+        rows = [
+            [*tokenizer(p + c)["input_ids"], tokens.marker_id, *tokens.prefix_ids]
+            for p, c in zip(PROMPTS, COMPLETIONS)
+        ]
+        hidden = torch.stack([model.model(torch.tensor([r])).last_hidden_state[0, -1] for r in rows])
+        _, _, v = torch.linalg.svd(hidden - hidden.mean(0), full_matrices=False)
+        angles = torch.linspace(0, 2 * torch.pi, FMT.levels + 1)[:-1, None]
+        lm_head[list(tokens.level_ids)] = 4 * (angles.cos() * v[0] + angles.sin() * v[1]) + hidden.mean(0)
+    ids = {t: tokenizer.encode(t, add_special_tokens=False)[0] for t in "c: "}
+    script = {tokens.marker_id: ids["c"], ids["c"]: ids[":"], ids[":"]: ids[" "], **dict.fromkeys(tokens.level_ids, 1)}
+
+    def hook(module, args, kwargs, output):
+        # Script the prefix and the EOS after a level; the level itself is the model's own choice
+        output.logits = output.logits.clone()
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        for row, t in enumerate(input_ids[:, -1].tolist()):
+            if t in script:
+                output.logits[row, -1] = -1e4
+                output.logits[row, -1, script[t]] = 1e4
+        return output
+
+    handle = model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        written = written_scores(model, tokenizer, PROMPTS, COMPLETIONS, batch_size=3)
+        probs = level_distribution(model, tokenizer, PROMPTS, COMPLETIONS)
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            lm_head[list(tokens.level_ids)] = saved
+    assert written == [FMT.level_value(int(k)) for k in probs.argmax(1)]
+    # Not a degenerate case: the items' greedy levels differ, and no level takes all the mass
+    assert len(set(written)) > 1 and probs.max(1).min() < 0.9, probs
+
+
+# ---- what the model's own forward applies ----------------------------------------------------------------------
+
+
+def test_gemma2_final_logit_softcapping_is_applied():
+    """The readout takes `model(...).logits`, so Gemma 2's `final_logit_softcapping` is applied as in training."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from pcl.inference import generate
+
+    tokenizer = build_char_tokenizer()
+    cap = 2.0
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=16,
+        final_logit_softcapping=cap,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    tokens = prepare_model(model, tokenizer, FMT)
+    with torch.no_grad():
+        # Level logits of several units, so the cap (tanh) visibly changes their softmax
+        model.lm_head.weight[list(tokens.level_ids)] = torch.randn(len(tokens.level_ids), 32)
+    prompts, answers = ["1 + 2 =", "12 + 30 ="], ["4", "4"]
+    values = torch.linspace(0, 1, FMT.levels, dtype=torch.double)
+    capped, uncapped = [], []
+    for p, a in zip(prompts, answers, strict=True):
+        ids = torch.tensor([[*tokenizer(p + a)["input_ids"], tokens.marker_id, *tokens.prefix_ids]])
+        with torch.no_grad():
+            raw = model.lm_head(model.model(ids).last_hidden_state[0, -1])[list(tokens.level_ids)].double()
+        capped.append(float(((cap * torch.tanh(raw / cap)).softmax(-1) * values).sum()))
+        uncapped.append(float((raw.softmax(-1) * values).sum()))
+    assert max(abs(c - u) for c, u in zip(capped, uncapped, strict=True)) > 0.02
+    assert self_scores(model, tokenizer, prompts, answers) == pytest.approx(capped, abs=1e-5)
+
+    # The KV-cache readout during generation reads the same capped logits (the answer "4" and the marker scripted)
+    four = tokenizer.encode("4", add_special_tokens=False)[0]
+    script = {tokenizer.encode("=", add_special_tokens=False)[0]: four, four: tokens.marker_id}
+
+    def hook(module, args, kwargs, output):
+        output.logits = output.logits.clone()
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        for row, t in enumerate(input_ids[:, -1].tolist()):
+            if t in script:
+                output.logits[row, -1] = -1e4
+                output.logits[row, -1, script[t]] = 1e4
+        return output
+
+    handle = model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        out = generate(model, tokenizer, prompts, max_new_tokens=4, show_progress=False, self_score=True)
+    finally:
+        handle.remove()
+    assert [g.text for g in out] == ["4", "4"]
+    assert [g.self_score for g in out] == pytest.approx(capped, abs=1e-5)
 
 
 # ---- a trained model -------------------------------------------------------------------------------------------
