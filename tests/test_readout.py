@@ -215,7 +215,7 @@ def test_written_scores_are_the_greedy_level(setup):
     with torch.no_grad():
         rows = [
             [*tokenizer(p + c)["input_ids"], tokens.marker_id, *tokens.prefix_ids]
-            for p, c in zip(PROMPTS, COMPLETIONS)
+            for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
         ]
         hidden = torch.stack([model.model(torch.tensor([r])).last_hidden_state[0, -1] for r in rows])
         _, _, v = torch.linalg.svd(hidden - hidden.mean(0), full_matrices=False)
