@@ -13,13 +13,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from .features import AnswerFeatures
+
+
+# scipy and scikit-learn are imported by the fitted baselines only, so `pcl.readout` (which uses the single-pass
+# sources) does not need them
 
 
 # ---- single-pass sources -------------------------------------------------------------------------------------------
@@ -132,6 +131,14 @@ def _log_sigmoid(z: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -z)
 
 
+def _scaled_logistic_regression(C: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+
+
 class TemperatureScaling:
     """One scalar `T` on a source's logit: `q = sigmoid(logit(p) / T)`, fitted by the labels' negative log-likelihood.
 
@@ -157,6 +164,8 @@ class TemperatureScaling:
             s = z / np.exp(log_t)
             return -float(np.sum(y * _log_sigmoid(s) + (1 - y) * _log_sigmoid(-s)))
 
+        from scipy.optimize import minimize_scalar
+
         result = minimize_scalar(nll, bounds=(-7.0, 7.0), method="bounded", options={"xatol": 1e-8})
         self.temperature = float(np.exp(result.x))
         return self
@@ -176,12 +185,14 @@ class PlattScaling:
 
     def __init__(self, source: str = "sequence_prob"):
         self.source = source
-        self.model: LogisticRegression | None = None
+        self.model = None
 
     def _x(self, features: AnswerFeatures) -> np.ndarray:
         return log_confidence(features, self.source)[:, None]
 
     def fit(self, features: AnswerFeatures, labels) -> "PlattScaling":
+        from sklearn.linear_model import LogisticRegression
+
         x = self._x(features)
         self.model = LogisticRegression(C=np.inf, max_iter=1000).fit(x, _labels(labels, len(x)))
         return self
@@ -206,10 +217,12 @@ class IsotonicCalibration:
 
     def __init__(self, source: str = "sequence_prob"):
         self.source = source
-        self.model: IsotonicRegression | None = None
+        self.model = None
 
     def fit(self, features: AnswerFeatures, labels) -> "IsotonicCalibration":
         # Log space keeps sequence probabilities near 0 apart; isotonic regression is invariant to monotone maps
+        from sklearn.isotonic import IsotonicRegression
+
         x = log_confidence(features, self.source)
         self.model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
         self.model.fit(x, _labels(labels, len(x)))
@@ -242,7 +255,7 @@ class HiddenStateProbe:
 
     def fit(self, features: AnswerFeatures, labels) -> "HiddenStateProbe":
         x = self._x(features)
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
+        self.model = _scaled_logistic_regression(self.C)
         self.model.fit(x, _labels(labels, len(x)))
         return self
 
@@ -281,7 +294,7 @@ class DifficultyBaseline:
     def fit(self, prompt_features, labels) -> "DifficultyBaseline":
         self.names = None
         x = self._x(prompt_features)
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
+        self.model = _scaled_logistic_regression(self.C)
         self.model.fit(x, _labels(labels, len(x)))
         return self
 

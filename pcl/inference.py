@@ -5,7 +5,7 @@ The marker is an EOS id of the saved generation config, so `generate()` stops th
 bookkeeping around it (why each answer stopped, how many tokens it cost) and a switch to let the model write its
 segment anyway, to measure what the self-assessment would cost if it were generated.
 
-The helpers `segment_tokens_of`, `encode_prompt` and `pad_left` are shared with `pcl.readout`.
+The helpers `segment_tokens_of`, `encode_prompt` and `pad_left` are shared with `pcl.features` and `pcl.readout`.
 """
 
 import contextlib
@@ -112,7 +112,7 @@ class _ScoreAfterMarker(LogitsProcessor):
         return self._offsets(input_ids) > len(self.prefix)
 
 
-# ---- shared helpers (also used by pcl.readout) ---------------------------------------------------------------------
+# ---- shared helpers (also used by pcl.features) ---------------------------------------------------------------------
 
 
 def segment_tokens_of(
