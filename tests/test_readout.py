@@ -250,48 +250,59 @@ def test_written_scores_are_the_greedy_level(setup):
 # ---- what the model's own forward applies ----------------------------------------------------------------------
 
 
-def test_gemma2_final_logit_softcapping_is_applied():
-    """The readout takes `model(...).logits`, so Gemma 2's `final_logit_softcapping` is applied as in training."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+def _tiny_config(name: str, tokenizer):
+    """A tiny config of an architecture whose forward transforms the LM head's logits, and that transform."""
+    import transformers
 
-    from pcl.inference import generate
-
-    tokenizer = build_char_tokenizer()
-    cap = 2.0
-    config = Gemma2Config(
+    common = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
         max_position_embeddings=128,
-        sliding_window=16,
-        final_logit_softcapping=cap,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
+    if name == "gemma2":  # tanh soft cap (Gemma 2/3)
+        config = transformers.Gemma2Config(head_dim=16, sliding_window=16, final_logit_softcapping=2.0, **common)
+        return transformers.Gemma2ForCausalLM(config), lambda x: 2.0 * torch.tanh(x / 2.0)
+    if name == "cohere":  # multiplied by `logit_scale`
+        config = transformers.CohereConfig(logit_scale=0.25, **common)
+        return transformers.CohereForCausalLM(config), lambda x: 0.25 * x
+    config = transformers.GraniteConfig(logits_scaling=4.0, **common)  # divided by `logits_scaling`
+    return transformers.GraniteForCausalLM(config), lambda x: x / 4.0
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "cohere", "granite"])
+def test_readout_applies_the_models_logit_transform(arch):
+    """The readout takes `model(...).logits`, so what the model's forward applies to the LM head's output (Gemma 2's
+    `final_logit_softcapping`, Cohere's `logit_scale`, Granite's `logits_scaling`) is applied as in training."""
+    from pcl.inference import generate
+
+    tokenizer = build_char_tokenizer()
     torch.manual_seed(0)
-    model = Gemma2ForCausalLM(config).eval()
+    model, transform = _tiny_config(arch, tokenizer)
+    model.eval()
     tokens = prepare_model(model, tokenizer, FMT)
     with torch.no_grad():
-        # Level logits of several units, so the cap (tanh) visibly changes their softmax
-        model.lm_head.weight[list(tokens.level_ids)] = torch.randn(len(tokens.level_ids), 32)
+        # Level logits of several units, so the transform visibly changes their softmax
+        model.lm_head.weight[list(tokens.level_ids)] = 3 * torch.randn(len(tokens.level_ids), 32)
     prompts, answers = ["1 + 2 =", "12 + 30 ="], ["4", "4"]
     values = torch.linspace(0, 1, FMT.levels, dtype=torch.double)
-    capped, uncapped = [], []
+    transformed, untransformed = [], []
     for p, a in zip(prompts, answers, strict=True):
         ids = torch.tensor([[*tokenizer(p + a)["input_ids"], tokens.marker_id, *tokens.prefix_ids]])
         with torch.no_grad():
             raw = model.lm_head(model.model(ids).last_hidden_state[0, -1])[list(tokens.level_ids)].double()
-        capped.append(float(((cap * torch.tanh(raw / cap)).softmax(-1) * values).sum()))
-        uncapped.append(float((raw.softmax(-1) * values).sum()))
-    assert max(abs(c - u) for c, u in zip(capped, uncapped, strict=True)) > 0.02
-    assert self_scores(model, tokenizer, prompts, answers) == pytest.approx(capped, abs=1e-5)
+        transformed.append(float((transform(raw).softmax(-1) * values).sum()))
+        untransformed.append(float((raw.softmax(-1) * values).sum()))
+    assert max(abs(c - u) for c, u in zip(transformed, untransformed, strict=True)) > 0.02
+    assert self_scores(model, tokenizer, prompts, answers) == pytest.approx(transformed, abs=1e-5)
 
-    # The KV-cache readout during generation reads the same capped logits (the answer "4" and the marker scripted)
+    # The KV-cache readout during generation reads the same transformed logits (the answer "4" and the marker scripted)
     four = tokenizer.encode("4", add_special_tokens=False)[0]
     script = {tokenizer.encode("=", add_special_tokens=False)[0]: four, four: tokens.marker_id}
 
@@ -310,7 +321,7 @@ def test_gemma2_final_logit_softcapping_is_applied():
     finally:
         handle.remove()
     assert [g.text for g in out] == ["4", "4"]
-    assert [g.self_score for g in out] == pytest.approx(capped, abs=1e-5)
+    assert [g.self_score for g in out] == pytest.approx(transformed, abs=1e-5)
 
 
 # ---- a trained model -------------------------------------------------------------------------------------------
