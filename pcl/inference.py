@@ -214,6 +214,14 @@ def generate(
             "`self_score=True` reads the score in deploy mode (`stop_at_marker=True`): with `stop_at_marker=False` the "
             "model writes its score instead; parse it with `pcl.segment.SegmentTokens.parse_ids`."
         )
+    for key in ("num_beams", "num_return_sequences"):
+        value = getattr(model.generation_config, key, None) or 1
+        if self_score and value > 1:
+            raise ValueError(
+                f"`self_score=True` reads one score per prompt while decoding, but the model's generation config sets "
+                f"`{key}={value}`. Score those answers with `pcl.readout.self_scores`, or set "
+                f"`model.generation_config.{key} = 1`."
+            )
     tokens = segment_tokens_of(model, tokenizer, tokens)
     pad_id = pad_id_of(tokenizer, tokens)
     saved_eos = _as_list(model.generation_config.eos_token_id)

@@ -225,6 +225,12 @@ def test_self_score_from_the_generation_cache(distinct_levels):
     assert self_scores(model, tokenizer, [PROMPTS[i] for i in scored], ["4"] * 3) == pytest.approx(hand, abs=1e-5)
     with pytest.raises(ValueError, match="deploy mode"):
         generate(model, tokenizer, PROMPTS, stop_at_marker=False, self_score=True)
+    model.generation_config.num_beams = 2  # the fixture's model is fresh for each test
+    with pytest.raises(ValueError, match="num_beams=2"):
+        generate(model, tokenizer, PROMPTS, self_score=True)
+    model.generation_config.update(num_beams=1, num_return_sequences=3)
+    with pytest.raises(ValueError, match="num_return_sequences=3"):
+        generate(model, tokenizer, PROMPTS, self_score=True)
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
