@@ -228,7 +228,7 @@ def test_self_score_from_the_generation_cache(distinct_levels):
     model.generation_config.num_beams = 2  # the fixture's model is fresh for each test
     with pytest.raises(ValueError, match="num_beams=2"):
         generate(model, tokenizer, PROMPTS, self_score=True)
-    model.generation_config.update(num_beams=1, num_return_sequences=3)
+    model.generation_config.update(num_beams=1, do_sample=True, num_return_sequences=3)
     with pytest.raises(ValueError, match="num_return_sequences=3"):
         generate(model, tokenizer, PROMPTS, self_score=True)
 
