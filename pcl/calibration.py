@@ -11,6 +11,8 @@ Metrics implemented here, in plain numpy:
 * ``auroc``: how well ``q`` ranks correct items above wrong ones (discrimination, ignores calibration).
 * ``aurc``: area under the risk-coverage curve of selective prediction (lower is better).
 * ``bootstrap_ci``: percentile bootstrap intervals for any of the above.
+* ``paired_bootstrap``: the difference of two confidence sources on the same items (one shared resample index for
+  both), its percentile interval and a win / tie / loss verdict.
 * ``collapse_check``: detects a confidence head that emits (nearly) the same value for every input.
 * ``calibration_report``: all of the above in one JSON-serialisable dict.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "calibration_report",
     "collapse_check",
     "expected_calibration_error",
+    "paired_bootstrap",
     "reliability_bins",
     "risk_coverage_curve",
 ]
@@ -99,9 +102,11 @@ def bin_indices(q: ArrayLike, n_bins: int) -> np.ndarray:
 def expected_calibration_error(q: ArrayLike, c: ArrayLike, n_bins: int = 10, strategy: str = "uniform") -> float:
     """ECE = sum_b (n_b / N) * |mean(c in b) - mean(q in b)|.
 
-    ``strategy="uniform"`` uses equal-width bins (see ``bin_indices``); ``"quantile"`` sorts items by ``q`` (stable, so
-    ties keep input order) and splits them into ``n_bins`` groups of near-equal size. With fewer items than bins the
-    quantile strategy simply has empty groups, which contribute nothing.
+    ``strategy="uniform"`` uses equal-width bins (see ``bin_indices``); ``"quantile"`` sorts items by ``q`` and splits
+    them into ``n_bins`` groups of near-equal size. A group boundary can cut through items with the same ``q``; which
+    of them fall on each side would then depend on the input order, so tied items share their mean outcome (the
+    expected outcome of a random order within the tie) and the result does not depend on the order. With fewer items
+    than bins the quantile strategy simply has empty groups, which contribute nothing.
     """
     q, c = _validate(q, c)
     n_bins = _check_n_bins(n_bins)
@@ -115,6 +120,7 @@ def expected_calibration_error(q: ArrayLike, c: ArrayLike, n_bins: int = 10, str
         # n_b/N * |sum_c/n_b - sum_q/n_b| == |sum_c - sum_q| / N, which also makes empty bins contribute 0.
         return float(np.sum(np.abs(sum_c - sum_q)) / n)
     order = np.argsort(q, kind="stable")
+    c = _tie_mean(q, c)
     total = 0.0
     for group in np.array_split(order, n_bins):
         if group.size:
@@ -154,17 +160,26 @@ def auroc(q: ArrayLike, c: ArrayLike) -> float | None:
     return u / (n_pos * n_neg)
 
 
+def _tie_mean(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Each item's outcome replaced by the mean outcome of all items with the same ``q``."""
+    _, inverse, counts = np.unique(q, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    return (np.bincount(inverse, weights=c) / counts)[inverse]
+
+
 def _risks(q: np.ndarray, c: np.ndarray) -> np.ndarray:
-    # Most confident first; stable sort on -q keeps input order among ties, so results are deterministic.
+    # Most confident first. Among tied scores the order is arbitrary, so each tied item carries the tie's mean outcome:
+    # risk(k) is then the expected risk over every order of the ties, and does not depend on the input order.
     order = np.argsort(-q, kind="stable")
-    wrong = 1.0 - c[order]
+    wrong = 1.0 - _tie_mean(q, c)[order]
     return np.cumsum(wrong) / np.arange(1, q.size + 1)
 
 
 def risk_coverage_curve(q: ArrayLike, c: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Selective-prediction curve: keep the ``k`` most confident items; return (coverage ``k/N``, risk(k)).
 
-    risk(k) is the mean of ``1 - c`` over the kept items (the error rate for binary ``c``).
+    risk(k) is the mean of ``1 - c`` over the kept items (the error rate for binary ``c``); items with tied ``q`` count
+    with their tie's mean outcome (the expected risk over the orders of the ties).
     """
     q, c = _validate(q, c)
     n = q.size
@@ -236,6 +251,82 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     lo, hi = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
     return float(lo), float(hi)
+
+
+def _ece_10(q: np.ndarray, c: np.ndarray) -> float:
+    return expected_calibration_error(q, c, n_bins=10)
+
+
+# The metrics a paired comparison reports, each with whether higher is better
+PAIRED_METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float | None], bool]] = {
+    "auroc": (auroc, True),
+    "brier": (brier_score, False),
+    "ece_10": (_ece_10, False),
+}
+
+
+def paired_bootstrap(
+    q_source: ArrayLike,
+    q_baseline: ArrayLike,
+    c: ArrayLike,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    indices: ArrayLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap of ``metric(q_source) - metric(q_baseline)`` over items, for AUROC, Brier and ECE-10.
+
+    Both sources are scored on the same items, so each resample applies one shared index to both: the interval then
+    reflects the difference, not the two sources' separate noise. Resample ``b`` is
+    ``np.random.default_rng(seed).integers(0, N, size=N)`` drawn in turn (the same sequence as ``bootstrap_ci``), or
+    row ``b`` of ``indices`` (shape ``(n_boot, N)``) when given. Resamples where a metric is undefined for either source
+    (AUROC on one class) are skipped for that metric.
+
+    Returns ``{metric: {"source", "baseline", "diff", "ci": [lo, hi], "n_resamples", "higher_is_better", "verdict"}}``.
+    The verdict is ``"win"`` when the ``(1 - alpha)`` percentile interval of the difference excludes zero in the
+    source's favour (above zero for AUROC, below zero for Brier and ECE, where lower is better), ``"loss"`` when it
+    excludes zero the other way, ``"tie"`` otherwise, and ``"n/a"`` when the metric is undefined.
+    """
+    q_source, c = _validate(q_source, c)
+    q_baseline, _ = _validate(q_baseline, c)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    n = c.size
+    if indices is None:
+        if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+            raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+        rng = np.random.default_rng(seed)
+        resamples = (rng.integers(0, n, size=n) for _ in range(int(n_boot)))
+    else:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 2 or indices.shape[1] != n or indices.min() < 0 or indices.max() >= n:
+            raise ValueError(f"indices must have shape (n_boot, {n}) with values in [0, {n}), got {indices.shape}")
+        resamples = iter(indices)
+    diffs: dict[str, list[float]] = {name: [] for name in PAIRED_METRICS}
+    for idx in resamples:
+        for name, (fn, _) in PAIRED_METRICS.items():
+            a, b = fn(q_source[idx], c[idx]), fn(q_baseline[idx], c[idx])
+            if a is not None and b is not None:
+                diffs[name].append(float(a) - float(b))
+    out: dict[str, dict[str, Any]] = {}
+    for name, (fn, higher) in PAIRED_METRICS.items():
+        a, b = fn(q_source, c), fn(q_baseline, c)
+        entry: dict[str, Any] = {
+            "source": a,
+            "baseline": b,
+            "diff": None if a is None or b is None else float(a) - float(b),
+            "ci": [None, None],
+            "n_resamples": len(diffs[name]),
+            "higher_is_better": higher,
+            "verdict": "n/a",
+        }
+        if entry["diff"] is not None and diffs[name]:
+            lo, hi = np.percentile(diffs[name], [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
+            entry["ci"] = [float(lo), float(hi)]
+            better, worse = (lo > 0, hi < 0) if higher else (hi < 0, lo > 0)
+            entry["verdict"] = "win" if better else "loss" if worse else "tie"
+        out[name] = entry
+    return out
 
 
 def collapse_check(q: ArrayLike) -> dict[str, Any]:

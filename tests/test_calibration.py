@@ -16,6 +16,7 @@ from pcl.calibration import (
     calibration_report,
     collapse_check,
     expected_calibration_error,
+    paired_bootstrap,
     reliability_bins,
     risk_coverage_curve,
 )
@@ -120,11 +121,29 @@ def test_ece_quantile_more_bins_than_items():
     assert expected_calibration_error([0.6, 0.2], [1, 0], n_bins=10, strategy="quantile") == pytest.approx(0.3)
 
 
-def test_ece_quantile_ties_deterministic():
+def test_ece_quantile_ties_share_their_mean_outcome():
     q = [0.5] * 6
     c = [1, 0, 1, 1, 0, 0]
-    # stable sort keeps input order: groups {1,0,1} and {1,0,0} -> |2/3-.5|*.5 + |1/3-.5|*.5 = 1/6
-    assert expected_calibration_error(q, c, n_bins=2, strategy="quantile") == pytest.approx(1 / 6)
+    # a boundary through six tied items: each carries the tie's mean outcome .5 = its confidence -> ECE 0, whatever
+    # the input order (a stable sort would give groups {1,0,1} and {1,0,0} -> 1/6, and 1/2 for c = [1,1,1,0,0,0]).
+    assert expected_calibration_error(q, c, n_bins=2, strategy="quantile") == pytest.approx(0.0, abs=1e-12)
+    assert expected_calibration_error(q, sorted(c), n_bins=2, strategy="quantile") == pytest.approx(0.0, abs=1e-12)
+    # ties mixed with distinct scores: sorted q = .2 | .6 .6 .6 | .9 in 2 bins of 3 and 2: the tie's mean outcome 1/3
+    #   {.2, .6, .6}: conf 1.4/3, acc (0 + 2/3)/3 -> |2/3 - 1.4| / 5 ; {.6, .9}: conf 1.5, acc 1/3 + 1 -> |4/3 - 1.5| / 5
+    q, c = [0.6, 0.2, 0.6, 0.9, 0.6], [1, 0, 0, 1, 0]
+    expected = (abs(2 / 3 - 1.4) + abs(4 / 3 - 1.5)) / 5
+    assert expected_calibration_error(q, c, n_bins=2, strategy="quantile") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_order_dependent_metrics_invariant_under_permutation_of_ties(seed):
+    rng = np.random.default_rng(seed)
+    q = rng.choice([0.1, 0.5, 0.5, 0.9], size=40)  # heavy ties
+    c = (rng.uniform(size=40) < q).astype(float)
+    perm = rng.permutation(40)
+    for fn in (aurc, lambda a, b: expected_calibration_error(a, b, n_bins=3, strategy="quantile")):
+        assert fn(q[perm], c[perm]) == pytest.approx(fn(q, c), abs=1e-12)
+    np.testing.assert_allclose(risk_coverage_curve(q[perm], c[perm])[1], risk_coverage_curve(q, c)[1])
 
 
 def test_ece_unknown_strategy():
@@ -143,7 +162,8 @@ def test_brier_hand():
 
 
 def test_brier_matches_sklearn():
-    metrics = pytest.importorskip("sklearn.metrics")
+    from sklearn import metrics  # a dev dependency: CI must fail, not skip, when it is missing
+
     q, c = _random_binary(500, seed=1)
     assert brier_score(q, c) == pytest.approx(metrics.brier_score_loss(c, q))
 
@@ -185,7 +205,8 @@ def test_auroc_graded_threshold():
 
 
 def test_auroc_matches_sklearn():
-    metrics = pytest.importorskip("sklearn.metrics")
+    from sklearn import metrics
+
     for seed in range(3):
         q, c = _random_binary(400, seed=seed)
         assert auroc(q, c) == pytest.approx(metrics.roc_auc_score(c, q))
@@ -206,6 +227,15 @@ def test_aurc_hand():
 def test_aurc_order_independent_of_input_order():
     q, c = [0.6, 0.9, 0.7, 0.8], [0, 1, 1, 0]
     assert aurc(q, c) == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+
+
+def test_aurc_averages_over_tied_scores():
+    # q = .9 (c 1), then a tie of .5 with c = 1, 0, 0: the tie's mean wrongness 2/3 per item
+    #   risks: 0/1, (2/3)/2, (4/3)/3, (6/3)/4 ; any fixed order of the tie would give a different curve
+    q, c = [0.5, 0.9, 0.5, 0.5], [0, 1, 1, 0]
+    expected = [0, 1 / 3, 4 / 9, 0.5]
+    np.testing.assert_allclose(risk_coverage_curve(q, c)[1], expected)
+    assert aurc(q, c) == pytest.approx(sum(expected) / 4)
 
 
 def test_aurc_graded_and_extremes():
@@ -234,15 +264,28 @@ def test_reliability_bins():
 # ---------------------------------------------------------------- bootstrap
 
 
-def test_bootstrap_ci_brackets_and_reproducible():
-    q, c = _random_binary(300, seed=7)
-    for fn in (auroc, brier_score, aurc, expected_calibration_error):
-        lo, hi = bootstrap_ci(fn, q, c, n_boot=200, seed=3)
-        point = fn(q, c)
-        assert lo <= point <= hi, (fn.__name__, lo, point, hi)
-        assert lo < hi
-    assert bootstrap_ci(auroc, q, c, n_boot=100, seed=5) == bootstrap_ci(auroc, q, c, n_boot=100, seed=5)
+def test_bootstrap_ci_resamples_as_documented():
+    # the interval is the percentile of the metric over resamples rng.integers(0, N, size=N), drawn in turn
+    q, c = _random_binary(50, seed=7)
+    rng = np.random.default_rng(3)
+    values = []
+    for _ in range(40):
+        idx = rng.integers(0, 50, size=50)
+        values.append(np.mean((q[idx] - c[idx]) ** 2))
+    assert bootstrap_ci(brier_score, q, c, n_boot=40, seed=3) == pytest.approx(
+        tuple(np.percentile(values, [2.5, 97.5]))
+    )
     assert bootstrap_ci(auroc, q, c, n_boot=100, seed=5) != bootstrap_ci(auroc, q, c, n_boot=100, seed=6)
+
+
+def test_bootstrap_ci_width_of_a_mean():
+    # Brier is a mean of per-item losses: its 95% interval is about +-1.96 standard errors wide
+    q, c = _random_binary(400, seed=7)
+    losses = (q - c) ** 2
+    half_width = 1.96 * losses.std() / np.sqrt(losses.size)
+    lo, hi = bootstrap_ci(brier_score, q, c, n_boot=2000, seed=0)
+    assert (hi - lo) / 2 == pytest.approx(half_width, rel=0.15)
+    assert (lo + hi) / 2 == pytest.approx(losses.mean(), abs=0.25 * half_width)
 
 
 def test_bootstrap_ci_skips_none():
@@ -258,6 +301,47 @@ def test_bootstrap_ci_bad_args():
         bootstrap_ci(brier_score, [0.5], [1], n_boot=0)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_ci(brier_score, [0.5], [1], alpha=1.5)
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+
+def test_paired_bootstrap_hand_computed():
+    q_s, q_b, c = [0.9, 0.2, 0.8], [0.6, 0.6, 0.6], [1, 0, 1]
+    # resample 1 = the data; resample 2 = items 0, 0, 1 (c = 1, 1, 0)
+    #   AUROC: source ranks perfectly (1), constant baseline .5 -> diff .5 in both resamples
+    #   Brier: data (.01 + .04 + .04)/3 - (.16 + .36 + .16)/3 = -.196667 ; resample 2 (.01 + .01 + .04)/3 - .68/3
+    #   ECE-10: data (.1 + .2 + .2)/3 - |2/3 - .6| = .1 ; resample 2 (|2 - 1.8| + .2)/3 - |2 - 1.8|/3 = .066667
+    out = paired_bootstrap(q_s, q_b, c, indices=[[0, 1, 2], [0, 0, 1]])
+    assert out["auroc"]["source"] == 1.0 and out["auroc"]["baseline"] == 0.5 and out["auroc"]["diff"] == 0.5
+    assert out["auroc"]["ci"] == pytest.approx([0.5, 0.5]) and out["auroc"]["verdict"] == "win"
+    b1, b2 = 0.09 / 3 - 0.68 / 3, 0.06 / 3 - 0.68 / 3
+    assert out["brier"]["diff"] == pytest.approx(b1)
+    # percentiles of two values (linear interpolation): lo + .025 (hi - lo) and lo + .975 (hi - lo)
+    assert out["brier"]["ci"] == pytest.approx([b2 + 0.025 * (b1 - b2), b2 + 0.975 * (b1 - b2)])
+    assert out["brier"]["verdict"] == "win"  # lower is better: the whole interval below zero
+    e1, e2 = 0.5 / 3 - 0.2 / 3, 0.4 / 3 - 0.2 / 3
+    assert out["ece_10"]["diff"] == pytest.approx(e1)
+    assert out["ece_10"]["ci"] == pytest.approx([e2 + 0.025 * (e1 - e2), e2 + 0.975 * (e1 - e2)])
+    assert out["ece_10"]["verdict"] == "loss"  # a higher ECE throughout
+    assert all(v["n_resamples"] == 2 for v in out.values())
+    assert out["auroc"]["higher_is_better"] and not out["brier"]["higher_is_better"]
+
+
+def test_paired_bootstrap_tie_skips_and_default_resamples():
+    q, c = _random_binary(60, seed=4)
+    same = paired_bootstrap(q, q, c, n_boot=30)
+    assert all(v["verdict"] == "tie" and v["ci"] == [0.0, 0.0] for v in same.values())
+    # a resample of one class leaves AUROC undefined and is skipped for AUROC only
+    out = paired_bootstrap([0.9, 0.1], [0.5, 0.5], [1, 0], indices=[[0, 1], [0, 0], [1, 0]])
+    assert out["auroc"]["n_resamples"] == 2 and out["brier"]["n_resamples"] == 3
+    # without indices: resamples are drawn from default_rng(seed) as documented
+    q_b = np.clip(q + 0.1, 0, 1)
+    rng = np.random.default_rng(9)
+    explicit = [rng.integers(0, 60, size=60) for _ in range(25)]
+    assert paired_bootstrap(q, q_b, c, n_boot=25, seed=9) == paired_bootstrap(q, q_b, c, indices=explicit)
+    with pytest.raises(ValueError, match="indices"):
+        paired_bootstrap(q, q_b, c, indices=[[0, 1]])
 
 
 # ---------------------------------------------------------------- collapse
@@ -279,7 +363,7 @@ def test_collapse_check():
 
 
 def test_calibration_report():
-    q, c = _random_binary(200, seed=2)
+    q, c = [0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]
     report = calibration_report(q, c, n_boot=50, seed=0)
     expected = {
         "n",
@@ -298,13 +382,17 @@ def test_calibration_report():
         "accuracy",
     }
     assert set(report) == expected
-    assert report["n"] == 200
-    assert report["auroc"] == pytest.approx(auroc(q, c))
-    assert report["ece_10"] == pytest.approx(expected_calibration_error(q, c))
-    assert report["accuracy"] == pytest.approx(c.mean())
+    # by hand: pairs .9>.8, .9>.6, .7<.8, .7>.6 -> AUROC 3/4; Brier (.01 + .64 + .09 + .36) / 4;
+    # ECE-10: each item alone in its bin -> (.1 + .8 + .3 + .6) / 4; AURC: risks 0, 1/2, 1/3, 1/2
+    assert report["n"] == 4
+    assert report["auroc"] == pytest.approx(0.75)
+    assert report["brier"] == pytest.approx(1.1 / 4)
+    assert report["ece_10"] == pytest.approx(1.8 / 4)
+    assert report["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+    assert report["accuracy"] == 0.5 and report["mean_confidence"] == pytest.approx(0.75)
     for name in ("ece_10", "brier", "auroc", "aurc"):
         lo, hi = report[f"{name}_ci"]
-        assert isinstance(lo, float) and lo <= report[name] <= hi
+        assert isinstance(lo, float) and 0.0 <= lo <= hi <= 1.0
     json.loads(json.dumps(report, allow_nan=False))
 
 
@@ -354,7 +442,8 @@ def _assert_png(path):
 
 
 def test_plots_write_png(tmp_path):
-    plots = pytest.importorskip("pcl.plots")
+    from pcl import plots
+
     q, c = _random_binary(300, seed=0)
     # a sharply over-confident second source, with empty low bins
     q2 = np.clip(0.6 + 0.4 * q, 0, 1)
