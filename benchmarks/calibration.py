@@ -35,7 +35,9 @@ def main() -> None:
     task = TaskSpec.from_dict(spec.pop("task"))
     if args.size:
         task.size = args.size
-    train_tasks = [s.task for s in stages] + [TaskSpec.from_dict(s.self_labelled["task"]) for s in stages if s.self_labelled]
+    train_tasks = [s.task for s in stages] + [
+        TaskSpec.from_dict(s.self_labelled["task"]) for s in stages if s.self_labelled
+    ]
     train_prompts = [p for t in train_tasks for p in load_task(t)["prompt"]]
     out_dir = os.path.splitext(args.out)[0]
     metrics = run_calibration(args.model_dir, task, out_dir, train_prompts=train_prompts, quiet=True, **spec)

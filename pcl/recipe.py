@@ -9,8 +9,11 @@ model: {tiny: {hidden_size: 128, num_layers: 4}}   # or {name_or_path: Qwen/Qwen
 <any PCLSFTConfig / PCLGRPOConfig field>: value      # shared by every stage
 stages:
   sft:  {trainer: sft,  task: {name: chain_sum, size: 20000, seed: 1}, args: {learning_rate: 3.0e-3}}
-  grpo: {trainer: grpo, task: {name: chain_sum, size: 4000, seed: 2}, reward: task, args: {beta: 0.0}}
-calibrate: {task: {name: chain_sum, size: 1000, seed: 1000000}}
+  grpo: {trainer: grpo, task: {name: chain_sum, size: 4000, seed: 1000000}, reward: task, args: {beta: 0.0}}
+calibrate:
+  task: {name: chain_sum, size: 1000, seed: 2000000}
+  shifted_task: {name: chain_sum, size: 500, seed: 3000000, config: {min_terms: 7, max_terms: 8}}  # optional, harder
+overlap_tolerance: 0.0   # optional: share of a set's distinct prompts that may repeat in another set
 ```
 
 Each stage's config is parsed by TRL's `TrlParser`, so every TRL/transformers option is valid as a key, and each
@@ -18,13 +21,17 @@ stage starts from the previous stage's output directory. Command-line flags over
 trainer option for every stage that has it, `--a.b.c value` sets a nested recipe key (e.g.
 `--stages.sft.args.max_steps 10` or `--calibrate.task.size 200`); `--stages.NAME null` drops a stage and
 `--stages.NAME "{trainer: grpo, task: {...}}"` adds one.
+
+Every dataset the recipe builds (each stage's task, each self-labelled set, the calibration sets) must be disjoint from
+the others: `load_recipe` refuses reasoning-gym sets whose index ranges `[seed, seed + size)` intersect, and
+`run_recipe` also compares their prompts before training (see `pcl.splits`).
 """
 
 import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import yaml
@@ -33,13 +40,14 @@ from trl import TrlParser
 from .grpo_config import PCLGRPOConfig
 from .marker import CONFIG_KEY, prepare_model
 from .sft_config import PCLSFTConfig
+from .splits import check_disjoint
 from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func, score_completions
 
 
 logger = logging.getLogger(__name__)
 
 TRAINERS = {"sft": PCLSFTConfig, "grpo": PCLGRPOConfig}
-RECIPE_KEYS = {"model", "stages", "calibrate", "output_dir"}
+RECIPE_KEYS = {"model", "stages", "calibrate", "output_dir", "overlap_tolerance"}
 STAGE_KEYS = {"trainer", "task", "reward", "args", "self_labelled"}
 DONE_FILE = "pcl_stage_complete.json"
 
@@ -53,8 +61,6 @@ class Stage:
     reward: list[str] = field(default_factory=lambda: ["task"])
     # SFT only: add the current model's own greedy answers on this task, scored by the reward, as assessment-only rows
     self_labelled: dict | None = None
-    # Questions this stage trained on, so the benchmark can drop them from its held-out set
-    prompts: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -151,7 +157,55 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
         raise ValueError(f"Unknown options {unused}: not a field of any stage's config.")
     if not stages:
         raise ValueError(f"Recipe {path!r} has no stages.")
+    check_disjoint(recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", 0.0))  # index ranges: cheap
     return recipe, stages
+
+
+def recipe_datasets(recipe: dict, stages: list[Stage], training_only: bool = False) -> dict[str, TaskSpec]:
+    """Every dataset the recipe builds, by its key path in the recipe: training sets first, then evaluation sets.
+
+    Self-labelled sets are training data: their correctness labels train the score.
+    """
+    sets = {}
+    for stage in stages:
+        sets[f"stages.{stage.name}.task"] = stage.task
+        if stage.self_labelled is not None:
+            sets[f"stages.{stage.name}.self_labelled.task"] = TaskSpec.from_dict(stage.self_labelled["task"])
+    if not training_only:
+        for key in ("task", "shifted_task"):
+            if (recipe.get("calibrate") or {}).get(key):
+                sets[f"calibrate.{key}"] = TaskSpec.from_dict(recipe["calibrate"][key])
+    return sets
+
+
+_LOADED: dict[str, Any] = {}
+
+
+def load_task_cached(spec: TaskSpec):
+    """`load_task`, loaded once per process: the overlap check, the stages and the benchmark read the same sets."""
+    key = json.dumps(asdict(spec), sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED[key] = load_task(spec)
+    return _LOADED[key]
+
+
+def training_prompts(recipe: dict, stages: list[Stage]) -> list:
+    """Every prompt a training stage saw, self-labelled ones included (the benchmark marks these as seen)."""
+    return [p for spec in recipe_datasets(recipe, stages, training_only=True).values()
+            for p in load_task_cached(spec)["prompt"]]  # fmt: skip
+
+
+def training_tasks(stages: list[Stage]) -> list[TaskSpec]:
+    """The tasks the answers were trained on (the self-labelled sets train the score only): a shift is stated
+    relative to these."""
+    return [s.task for s in stages]
+
+
+def check_recipe_overlap(recipe: dict, stages: list[Stage]) -> list[dict]:
+    """Compare the prompts of every pair of the recipe's datasets; raises `OverlapError` beyond the tolerance."""
+    sets = recipe_datasets(recipe, stages)
+    prompts = {name: load_task_cached(spec)["prompt"] for name, spec in sets.items()}
+    return check_disjoint(sets, recipe.get("overlap_tolerance", 0.0), prompts)
 
 
 def _reward_funcs(stage: Stage) -> list:
@@ -197,8 +251,7 @@ def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
 
     spec = dict(spec)
     task = TaskSpec.from_dict(spec.pop("task"))
-    data = load_task(task)
-    questions = list(data["prompt"])
+    data = load_task_cached(task)
     if isinstance(model, str):
         with _plain_loading():
             model = AutoModelForCausalLM.from_pretrained(model)
@@ -223,14 +276,13 @@ def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
             "self_assessment_only": [True] * len(keep),
         }
     )
-    return rows, questions
+    return rows
 
 
 def _stage_dataset(stage: Stage, model, tokenizer):
     from datasets import concatenate_datasets
 
-    data = load_task(stage.task)
-    stage.prompts = list(data["prompt"])
+    data = load_task_cached(stage.task)
     if stage.trainer == "grpo":
         return data
     # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
@@ -239,10 +291,7 @@ def _stage_dataset(stage: Stage, model, tokenizer):
         return data
     if not isinstance(data[0]["prompt"], str):  # one dataset cannot mix chat and text rows: render both as text
         data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer)})
-    own, questions = _self_labelled_rows(
-        stage.self_labelled, model, tokenizer, stage.reward, stage.args.segment_format
-    )
-    stage.prompts += questions
+    own = _self_labelled_rows(stage.self_labelled, model, tokenizer, stage.reward, stage.args.segment_format)
     data = data.add_column("reward", [None] * len(data)).add_column("self_assessment_only", [False] * len(data))
     data = data.cast(own.features)
     return concatenate_datasets([data, own]).shuffle(seed=stage.args.seed)
@@ -292,6 +341,10 @@ def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
 def run_recipe(path: str, argv: list[str] | None = None) -> dict:
     """`pcl train`: run every stage in order, then the calibration benchmark if the recipe has one."""
     recipe, stages = load_recipe(path, argv)
+    for pair in check_recipe_overlap(recipe, stages):  # before any training: refuse sets that share questions
+        if pair.get("shared_prompts"):
+            logger.warning(f"`{pair['a']}` and `{pair['b']}` share {pair['shared_prompts']} of "
+                           f"{pair['smaller_distinct']} distinct prompts (within overlap_tolerance).")  # fmt: skip
     resume = any(s.args.resume_from_checkpoint for s in stages)
     model, tokenizer = _initial_model(recipe)
     for stage in stages:
@@ -309,10 +362,12 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
 
             spec = dict(recipe["calibrate"])
             task = TaskSpec.from_dict(spec.pop("task"))
-            # Stages skipped on resume did not load their data: fall back to regenerating their questions
-            train_prompts = [p for s in stages for p in (s.prompts or load_task(s.task)["prompt"])]
+            if spec.get("shifted_task"):
+                spec["shifted_task"] = TaskSpec.from_dict(spec["shifted_task"])
+            # From the recipe, not from what the stages loaded: stages skipped on resume loaded nothing
             with _plain_loading():
                 result["calibration"] = run_calibration(
-                    model, task, os.path.join(recipe["output_dir"], "calibration"), train_prompts=train_prompts, **spec
-                )
+                    model, task, os.path.join(recipe["output_dir"], "calibration"),
+                    train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages), **spec,
+                )  # fmt: skip
     return result

@@ -35,6 +35,7 @@ __all__ = [
     "held_out",
     "load_task",
     "make_reward_func",
+    "prompt_text",
     "resolve_reward_func",
     "score_completions",
 ]
@@ -396,7 +397,7 @@ def resolve_reward_func(ref: str) -> Callable:
     return obj
 
 
-def _prompt_text(prompt: Any) -> str:
+def prompt_text(prompt: Any) -> str:
     """Whitespace-normalised prompt text; conversational prompts are joined message contents."""
     if not isinstance(prompt, str):
         if isinstance(prompt, dict):
@@ -413,8 +414,8 @@ def held_out(
     Returns ``(eval_ds with a boolean 'seen' column, the unseen rows, number of seen rows)``. Prompts are
     compared after collapsing whitespace.
     """
-    train = {_prompt_text(p) for p in train_prompts}
-    seen = [_prompt_text(p) in train for p in eval_ds["prompt"]]
+    train = {prompt_text(p) for p in train_prompts}
+    seen = [prompt_text(p) in train for p in eval_ds["prompt"]]
     if "seen" in eval_ds.column_names:
         eval_ds = eval_ds.remove_columns("seen")
     marked = eval_ds.add_column("seen", seen)

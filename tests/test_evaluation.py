@@ -1,10 +1,15 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from pcl import evaluation
 from pcl.evaluation import parse_verbalized_confidence, run_calibration
-from pcl.tasks import TaskSpec
+from pcl.inference import Generation
+from pcl.items import difficulty_features, load_items, split_metrics
+from pcl.tasks import TaskSpec, load_task
 
 
 @pytest.mark.parametrize(
@@ -43,8 +48,8 @@ def test_run_calibration_on_trained_model(tmp_path, tokenizer):
     evaluation = TaskSpec("chain_sum", size=60, seed=10**6, config=spec.config)
     metrics = run_calibration(str(tmp_path / "model"), evaluation, str(tmp_path / "cal"),
                               train_prompts=train["prompt"], max_new_tokens=4, n_boot=50, quiet=True)  # fmt: skip
-    # 1-digit pairs are only 200 distinct problems: most evaluation items were seen in training (DESIGN.md §6)
-    assert metrics["n_seen_in_training"] > 0 and metrics["n_unseen"] == 60 - metrics["n_seen_in_training"]
+    # 1-digit pairs are only 200 distinct problems: most evaluation items were seen in training
+    assert metrics["n_seen_in_training"] > 0 and metrics["n_unseen"] == metrics["n"] - metrics["n_seen_in_training"]
     assert metrics["deploy"]["share"] == 0.0 and metrics["stop_reasons"].get("marker", 0) > 0
     full = metrics["sources"]["full"]
     for source in ("pcl_expected", "pcl_written", "mean_token_prob", "sequence_prob", "min_token_prob"):
@@ -57,3 +62,122 @@ def test_run_calibration_on_trained_model(tmp_path, tokenizer):
     saved = json.loads((tmp_path / "cal" / "metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"]
     assert f"{metrics['accuracy']:.3f}" in (tmp_path / "cal" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- run_calibration on a stub model
+# Five scored questions with known outcomes and confidences, one the reward function does not score, one duplicate.
+GOLD = {"1 + 1 =": "2", "2 + 2 =": "4", "3 + 3 =": "6", "4 + 4 =": "8", "5 + 5 =": "10", "6 + 6 =": "12"}
+ANSWER = {"1 + 1 =": "2", "2 + 2 =": "4", "3 + 3 =": "7", "4 + 4 =": "8", "5 + 5 =": "11", "6 + 6 =": "12"}
+PCL = {"1 + 1 =": 0.9, "2 + 2 =": 0.8, "3 + 3 =": 0.3, "4 + 4 =": 0.6, "5 + 5 =": 0.2, "6 + 6 =": 0.7}
+TERMS = {"1 + 1 =": 1, "2 + 2 =": 1, "3 + 3 =": 2, "4 + 4 =": 2, "5 + 5 =": 2, "6 + 6 =": 2}
+
+
+def _gen(prompt, self_score=False):
+    return Generation(ANSWER[prompt], 2, "marker", [1, 2], 0, PCL[prompt] if self_score else None)
+
+
+@pytest.fixture
+def stub_model(monkeypatch):
+    """Replace model loading, generation, readouts and the reward by functions of the prompt."""
+    monkeypatch.setattr(evaluation, "load_pcl_model", lambda path: (None, None, None))
+    monkeypatch.setattr(evaluation, "format_of", lambda model: SimpleNamespace(normalize=lambda r: r))
+    monkeypatch.setattr(evaluation, "generate", lambda m, t, prompts, self_score=False, **kw: [
+        _gen(p, self_score) for p in prompts])  # fmt: skip
+    monkeypatch.setattr(evaluation, "self_scores", lambda m, t, prompts, answers, **kw: [PCL[p] for p in prompts])
+    monkeypatch.setattr(evaluation, "written_scores", lambda m, t, prompts, answers, **kw: [None] * len(prompts))
+    monkeypatch.setattr(evaluation, "token_logprob_confidence", lambda m, t, prompts, answers, **kw: {
+        "sequence_prob": [0.5] * len(prompts), "min_token_prob": [1.0 - PCL[p] for p in prompts]})  # fmt: skip
+
+    def reward(prompts, completions, **kw):  # "6 + 6 =" is left unscored
+        return [None if p == "6 + 6 =" else float(a == GOLD[p]) for p, a in zip(prompts, completions, strict=True)]
+
+    monkeypatch.setattr(evaluation, "make_reward_func", lambda task: reward)
+
+
+def _jsonl(path, prompts):
+    with open(path, "w") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": p, "answer": GOLD[p.replace("  ", " ")], "difficulty": {"terms": TERMS[
+                p.replace("  ", " ")]}}) + "\n")  # fmt: skip
+    return TaskSpec(str(path))
+
+
+def test_run_calibration_exact_metrics_on_stub_model(tmp_path, stub_model):
+    prompts = [*GOLD, "1  + 1 ="]  # the last one duplicates the first after whitespace normalisation
+    metrics = run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", prompts), str(tmp_path / "out"),
+                              train_prompts=["2 + 2 ="], n_boot=50, quiet=True)  # fmt: skip
+    assert metrics["duplicates_dropped"] == 1 and metrics["n"] == 6
+    assert metrics["n_scored"] == 5 and metrics["n_seen_in_training"] == 1 and metrics["n_unseen"] == 5
+    assert metrics["accuracy"] == pytest.approx(3 / 5) and metrics["accuracy_unseen"] == pytest.approx(2 / 4)
+    full, unseen = metrics["sources"]["full"], metrics["sources"]["unseen"]
+    assert {r["n"] for r in full.values()} == {5} and {r["n"] for r in unseen.values()} == {4}  # unscored left out
+    # PCL: q = .9 .8 .3 .6 .2 on c = 1 1 0 1 0 -> ranks perfectly; Brier (.01 + .04 + .09 + .16 + .04) / 5;
+    # ECE-10: every item alone in its bin -> (.1 + .2 + .3 + .4 + .2) / 5
+    assert full["pcl_expected"]["auroc"] == 1.0
+    assert full["pcl_expected"]["brier"] == pytest.approx(0.34 / 5)
+    assert full["pcl_expected"]["ece_10"] == pytest.approx(1.2 / 5)
+    assert unseen["pcl_expected"]["brier"] == pytest.approx(0.30 / 4)  # without the seen "2 + 2 =" (q .8, c 1)
+    # a constant .5: AUROC .5, Brier .25, ECE |3 - 2.5| / 5; AURC averages over the tie: (1 - 3/5) at every k
+    assert full["sequence_prob"]["auroc"] == 0.5 and full["sequence_prob"]["brier"] == pytest.approx(0.25)
+    assert full["sequence_prob"]["ece_10"] == pytest.approx(0.1) and full["sequence_prob"]["aurc"] == pytest.approx(
+        0.4
+    )
+    assert full["min_token_prob"]["auroc"] == 0.0  # 1 - q inverts the ranking
+    assert full["pcl_written"]["brier"] == pytest.approx(0.25)  # unparsed written scores count as .5
+    paired = metrics["paired"]["full"]
+    assert set(paired) == {"sequence_prob", "min_token_prob"}  # PCL's own written score is not a baseline
+    assert paired["sequence_prob"]["auroc"]["diff"] == pytest.approx(0.5)
+    assert paired["sequence_prob"]["brier"]["diff"] == pytest.approx(0.34 / 5 - 0.25)
+    assert paired["min_token_prob"]["auroc"]["verdict"] == "win"  # AUROC 1 vs 0 on every two-class resample
+    assert metrics["by_difficulty"]["terms=1"]["n"] == 2 and metrics["by_difficulty"]["terms=1"]["n_seen"] == 1
+    assert metrics["by_difficulty"]["terms=2"]["accuracy"] == pytest.approx(1 / 3)
+    # `seen` as a score: 1 of 3 correct items seen, 0 of 2 wrong ones -> 6 pairs, 2 won, 4 tied -> (2 + 4/2) / 6
+    assert metrics["seen_auroc"] == pytest.approx(2 / 3)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| sequence prob |" in report and "**win**" in report and "terms=2" in report
+
+
+def test_run_calibration_invariant_under_item_order(tmp_path, stub_model):
+    runs = []
+    for name, prompts in (("a", list(GOLD)), ("b", list(reversed(GOLD)))):
+        runs.append(run_calibration("stub", _jsonl(tmp_path / f"{name}.jsonl", prompts), str(tmp_path / name),
+                                    train_prompts=["2 + 2 ="], n_boot=20, quiet=True))  # fmt: skip
+    for subset in ("full", "unseen"):
+        for source, a in runs[0]["sources"][subset].items():
+            b = runs[1]["sources"][subset][source]
+            for key in ("ece_10", "ece_15", "ece_10_quantile", "brier", "auroc", "aurc"):
+                assert a[key] == pytest.approx(b[key]), (subset, source, key)
+
+
+def test_items_jsonl_round_trip(tmp_path, stub_model):
+    shifted = _jsonl(tmp_path / "shifted.jsonl", ["5 + 5 =", "6 + 6 =", "3 + 3 ="])
+    metrics = run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", list(GOLD)), str(tmp_path / "out"),
+                              train_prompts=["2 + 2 ="], shifted_task=shifted, train_tasks=[TaskSpec("chain_sum")],
+                              n_boot=30, quiet=True)  # fmt: skip
+    rows = load_items(tmp_path / "out" / "items.jsonl")
+    assert len(rows) == 6 + 3 and {r["split"] for r in rows} == {"heldout", "shifted"}
+    row = next(r for r in rows if r["prompt"] == "3 + 3 =" and r["split"] == "heldout")
+    assert row == {"split": "heldout", "prompt": "3 + 3 =", "answer": "7", "gold": "6", "correct": 0.0, "seen": False,
+                   "difficulty": {"terms": 2}, "stop": "marker",
+                   "confidence": {"pcl_expected": 0.3, "pcl_written": 0.5, "sequence_prob": 0.5,
+                                  "min_token_prob": pytest.approx(0.7)}}  # fmt: skip
+    assert next(r for r in rows if r["prompt"] == "6 + 6 =")["correct"] is None
+    # every metric recomputes from the file alone
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    again = split_metrics(load_items(tmp_path / "out" / "items.jsonl", split="heldout"), n_boot=30)
+    for key in ("sources", "paired", "by_difficulty", "accuracy", "n_unseen"):
+        assert again[key] == saved[key] == json.loads(json.dumps(metrics[key]))
+    shifted_again = split_metrics(load_items(tmp_path / "out" / "items.jsonl", split="shifted"), n_boot=30)
+    assert shifted_again["sources"] == saved["shifted"]["sources"]
+    assert "chain_sum" in saved["shifted"]["shift"] and saved["shifted"]["n"] == 3
+
+
+def test_difficulty_features_of_chain_sum():
+    data = load_task(TaskSpec("chain_sum", size=20, seed=5, config={"min_terms": 2, "max_terms": 4}))
+    features = [difficulty_features("chain_sum", e) for e in data["entry"]]
+    assert all(set(f) == {"num_terms", "num_digits"} for f in features)
+    # the feature is the item's own value: its expression has that many terms
+    for f, p in zip(features, data["prompt"], strict=True):
+        assert f["num_terms"] == len(p.replace("-", "+").split("+"))
+    assert {f["num_terms"] for f in features} == {2, 3, 4}
+    np.testing.assert_equal(difficulty_features("x.jsonl", json.dumps({"prompt": "a", "answer": "b"})), {})

@@ -72,7 +72,7 @@ def test_unknown_task_name():
         load_task(stages[0].task)
 
 
-TINY = '{hidden_size: 32, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}'
+TINY = "{hidden_size: 32, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}"
 
 
 @pytest.mark.slow
