@@ -34,16 +34,39 @@ def _calibrate(argv: list[str]) -> dict:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--confidence_model", default=None,
                         help="Optional RLCR-style model that writes <confidence>q</confidence>, compared side by side.")  # fmt: skip
+    parser.add_argument("--shifted_task", type=json.loads, default=None,
+                        help="JSON TaskSpec of a split harder than any trained, reported beside the held-out one.")  # fmt: skip
+    parser.add_argument("--n_boot", type=int, default=1000, help="Bootstrap resamples for intervals and verdicts.")
     args = parser.parse_args(argv)
+    from .splits import check_disjoint
     from .tasks import load_task
 
-    train_prompts = [p for spec in args.train_task for p in load_task(TaskSpec.from_dict(spec))["prompt"]]
     task = TaskSpec(args.task, size=args.size, seed=args.seed, config=args.task_config)
+    train_tasks = [TaskSpec.from_dict(spec) for spec in args.train_task]
+    shifted = TaskSpec.from_dict(args.shifted_task) if args.shifted_task else None
+    # Evaluation sets that share reasoning-gym index ranges with a training set are shifted copies of it: refuse.
+    # Prompt repeats are allowed here: they are marked seen and reported apart.
+    sets = {f"train_task[{i}]": t for i, t in enumerate(train_tasks)} | {"task": task}
+    check_disjoint(sets | ({"shifted_task": shifted} if shifted else {}), tolerance=1.0)
+    train_prompts = [p for t in train_tasks for p in load_task(t)["prompt"]]
     output_dir = args.output_dir or os.path.join(args.model_dir, "calibration")
     return run_calibration(
         args.model_dir, task, output_dir, train_prompts=train_prompts or None, reward=args.reward,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, confidence_model=args.confidence_model,
+        train_tasks=train_tasks or None, shifted_task=shifted, n_boot=args.n_boot,
     )  # fmt: skip
+
+
+def _refusing_overlap(command: str, run) -> int:
+    """Run a command; datasets that overlap are a one-line error (exit 2), not a traceback."""
+    from .splits import OverlapError
+
+    try:
+        run()
+    except OverlapError as e:
+        print(f"pcl {command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,11 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if rest and rest[0] in ("-h", "--help") else 2
         from .recipe import run_recipe
 
-        run_recipe(rest[0], rest[1:])
-        return 0
+        return _refusing_overlap("train", lambda: run_recipe(rest[0], rest[1:]))
     if command == "calibrate":
-        _calibrate(rest)
-        return 0
+        return _refusing_overlap("calibrate", lambda: _calibrate(rest))
     print(f"pcl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -13,7 +13,7 @@ stages:
 calibrate:
   task: {name: chain_sum, size: 1000, seed: 2000000}
   shifted_task: {name: chain_sum, size: 500, seed: 3000000, config: {min_terms: 7, max_terms: 8}}  # optional, harder
-overlap_tolerance: 0.0   # optional: share of a set's distinct prompts that may repeat in another set
+overlap_tolerance: 0.01  # optional (default 0.01): share of a set's distinct prompts that may repeat in another
 ```
 
 Each stage's config is parsed by TRL's `TrlParser`, so every TRL/transformers option is valid as a key, and each
@@ -40,7 +40,7 @@ from trl import TrlParser
 from .grpo_config import PCLGRPOConfig
 from .marker import CONFIG_KEY, prepare_model
 from .sft_config import PCLSFTConfig
-from .splits import check_disjoint
+from .splits import DEFAULT_TOLERANCE, check_disjoint
 from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func, score_completions
 
 
@@ -102,7 +102,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ValueError(f"Option `{arg}` needs a value.")
             value, i = argv[i + 1], i + 1
-        if "." in key or key == "output_dir":  # the recipe's root directory; each stage writes under it
+        if "." in key or key in ("output_dir", "overlap_tolerance"):  # recipe keys, not trainer options
             nested[key] = yaml.safe_load(value)
         else:
             flags += [f"--{key}", value]
@@ -157,7 +157,9 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
         raise ValueError(f"Unknown options {unused}: not a field of any stage's config.")
     if not stages:
         raise ValueError(f"Recipe {path!r} has no stages.")
-    check_disjoint(recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", 0.0))  # index ranges: cheap
+    check_disjoint(
+        recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", DEFAULT_TOLERANCE)
+    )  # index ranges: cheap
     return recipe, stages
 
 
@@ -205,7 +207,7 @@ def check_recipe_overlap(recipe: dict, stages: list[Stage]) -> list[dict]:
     """Compare the prompts of every pair of the recipe's datasets; raises `OverlapError` beyond the tolerance."""
     sets = recipe_datasets(recipe, stages)
     prompts = {name: load_task_cached(spec)["prompt"] for name, spec in sets.items()}
-    return check_disjoint(sets, recipe.get("overlap_tolerance", 0.0), prompts)
+    return check_disjoint(sets, recipe.get("overlap_tolerance", DEFAULT_TOLERANCE), prompts)
 
 
 def _reward_funcs(stage: Stage) -> list:

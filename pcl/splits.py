@@ -23,6 +23,9 @@ from .tasks import TaskSpec, prompt_text
 __all__ = ["OverlapError", "check_disjoint", "deduplicate", "index_overlap", "prompt_overlap"]
 
 SEED_GAP = 10**6
+# Default share of the smaller set's distinct prompts that may also occur in another set (a recipe's
+# `overlap_tolerance` overrides it)
+DEFAULT_TOLERANCE = 0.01
 
 
 class OverlapError(ValueError):
@@ -53,7 +56,7 @@ def _describe(spec: TaskSpec) -> str:
 
 
 def check_disjoint(
-    sets: dict[str, TaskSpec], tolerance: float = 0.0, prompts: dict[str, Sequence[Any]] | None = None
+    sets: dict[str, TaskSpec], tolerance: float = DEFAULT_TOLERANCE, prompts: dict[str, Sequence[Any]] | None = None
 ) -> list[dict[str, Any]]:
     """Refuse datasets that overlap; return every pair's overlap (for the report).
 

@@ -1,12 +1,16 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 import json
+import math
 import os
+import re
 
 import pytest
 
 from pcl import PCLGRPOConfig, PCLSFTConfig
 from pcl.cli import main
-from pcl.recipe import load_recipe, split_overrides
+from pcl.recipe import check_recipe_overlap, load_recipe, load_task_cached, recipe_datasets, split_overrides
+from pcl.splits import OverlapError
+from pcl.tasks import prompt_text
 
 
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
@@ -33,8 +37,7 @@ def test_quickstart_parses():
     sft, assess = stages
     assert isinstance(sft.args, PCLSFTConfig) and sft.args.output_dir == "/tmp/qs/sft"
     assert sft.args.bf16 is False and sft.args.self_assessment_levels == 10
-    assert assess.self_labelled["task"]["seed"] != sft.task.seed
-    assert config["calibrate"]["task"]["seed"] >= 10**6  # held out: far from every training seed
+    assert config["calibrate"]["shifted_task"]["config"]["min_terms"] > sft.task.config["max_terms"]
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -124,3 +127,111 @@ def test_calibrate_refuses_non_pcl_model(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not trained with PCL"):
         main(["calibrate", str(tmp_path), "--task", "chain_sum", "--size", "5"])
+
+
+# ---------------------------------------------------------------- disjoint datasets
+
+# The quickstart's sets, shrunk so that loading them takes seconds (same seeds and configs)
+SMALL = ["--stages.sft.task.size", "20000", "--stages.assess.task.size", "4000",
+         "--stages.assess.self_labelled.task.size", "4000"]  # fmt: skip
+
+
+def _shape_size(prompt):
+    """Distinct chain_sum problems of this prompt's shape: same number of terms, each with as many digits."""
+    numbers = re.findall(r"\d+", prompt)
+    return math.prod(10 if len(n) == 1 else 9 * 10 ** (len(n) - 1) for n in numbers) * 2 ** (len(numbers) - 1)
+
+
+def test_quickstart_fresh_sets_do_not_overlap_training_sets():
+    recipe_, stages = load_recipe(recipe("quickstart.yaml"), SMALL)
+    sets = recipe_datasets(recipe_, stages)
+    assert list(sets) == ["stages.sft.task", "stages.assess.task", "stages.assess.self_labelled.task",
+                          "calibrate.task", "calibrate.shifted_task"]  # fmt: skip
+    report = check_recipe_overlap(recipe_, stages)
+    assert len(report) == 10 and all(pair["shared_indices"] == 0 for pair in report)
+    # Far-apart seeds leave chance repeats: most questions of small problem cells (two 1-digit terms: 200 sums), and
+    # almost none of large cells, which a shifted copy of a training set would repeat as often
+    for fresh in ("stages.assess.self_labelled.task", "calibrate.task"):
+        data = load_task_cached(sets[fresh])
+        for train in ("stages.sft.task", "stages.assess.task"):
+            if train == fresh:
+                continue
+            trained = {prompt_text(p) for p in load_task_cached(sets[train])["prompt"]}
+            large = [p for p in data["prompt"] if _shape_size(p) > 10**5]
+            small = [p for p in data["prompt"] if _shape_size(p) <= 200]
+            # a shifted copy would repeat large-cell questions as often as small ones
+            assert sum(prompt_text(p) in trained for p in large) <= 0.01 * len(large), (fresh, train)
+            assert sum(prompt_text(p) in trained for p in small) >= 0.5 * len(small), (fresh, train)
+    shifted = [p for p in report if "calibrate.shifted_task" in (p["a"], p["b"])]
+    assert [p["shared_prompts"] for p in shifted] == [0] * 4
+
+
+@pytest.mark.parametrize(
+    "argv, first, second, shared",
+    [
+        # the old quickstart: stage 2's questions were seeds 3 and 4, inside stage 1's range [1, 100001)
+        (["--stages.assess.task.seed", "3"], "stages.sft.task", "stages.assess.task", 16000),
+        (["--stages.assess.self_labelled.task.seed", "4"], "stages.sft.task", "stages.assess.self_labelled.task",
+         16000),
+        (["--calibrate.shifted_task.seed", "1000100"], "calibrate.task", "calibrate.shifted_task", 1000),
+    ],
+)  # fmt: skip
+def test_overlapping_index_ranges_refused(argv, first, second, shared):
+    with pytest.raises(OverlapError, match=rf"`{first}` .* and `{second}` .* share {shared} reasoning-gym item "
+                                           r"indices.*at least 1,000,000 apart.*--" + second):  # fmt: skip
+        load_recipe(recipe("quickstart.yaml"), argv)
+
+
+def test_prompt_overlap_beyond_tolerance_refused():
+    # a problem space of 200 sums: far-apart seeds still repeat almost every question
+    tiny = "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}"
+    argv = ["--stages.sft.task.size", "500", "--stages.sft.task.config", tiny, "--calibrate.task.size", "300",
+            "--calibrate.task.config", tiny, "--stages.assess", "null", "--calibrate.shifted_task", "null"]  # fmt: skip
+    recipe_, stages = load_recipe(recipe("quickstart.yaml"), argv)  # index ranges are disjoint
+    with pytest.raises(OverlapError, match=r"`stages.sft.task` .* and `calibrate.task` .* share \d+ of \d+ distinct "
+                                           r"prompts .* above overlap_tolerance 0.45"):  # fmt: skip
+        check_recipe_overlap(recipe_, stages)
+    recipe_, stages = load_recipe(recipe("quickstart.yaml"), [*argv, "--overlap_tolerance", "1.0"])
+    (pair,) = check_recipe_overlap(recipe_, stages)
+    assert pair["shared_prompts"] > 0.9 * pair["smaller_distinct"]
+
+
+def test_cli_refuses_overlapping_recipe_in_one_line(capsys):
+    code = main(["train", recipe("quickstart.yaml"), "--stages.assess.task.seed", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "`stages.sft.task`" in err and "`stages.assess.task`" in err and "--stages.assess.task.seed" in err
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_recipes_sets_are_disjoint(name):
+    small = ["--stages.assess.task.size", "400", "--stages.assess.self_labelled.task.size", "400",
+             "--stages.grpo.task.size", "400", "--calibrate.task.size", "400"]  # fmt: skip
+    recipe_, stages = load_recipe(recipe(name), CPU + small)
+    report = check_recipe_overlap(recipe_, stages)
+    assert len(report) == 6 and all(p["shared_indices"] == 0 for p in report)
+
+
+def test_training_prompts_include_self_labelled_sets_on_resume(tmp_path, monkeypatch, tokenizer):
+    """Stages skipped on resume load nothing: the benchmark must still count their self-labelled prompts as seen."""
+    import pcl.evaluation
+    import pcl.recipe
+
+    def skipped_stage(stage, model, tokenizer_, resume=False):  # what run_stage does for a completed stage
+        tokenizer.save_pretrained(stage.args.output_dir)
+        return stage.args.output_dir
+
+    captured = {}
+    monkeypatch.setattr(pcl.recipe, "run_stage", skipped_stage)
+    monkeypatch.setattr(pcl.evaluation, "run_calibration", lambda *a, **kw: captured.update(kw))
+    argv = ["--output_dir", str(tmp_path), "--stages.sft.task.size", "50", "--stages.assess.task.size", "50",
+            "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "20"]  # fmt: skip
+    pcl.recipe.run_recipe(recipe("quickstart.yaml"), argv)
+    _, stages = load_recipe(recipe("quickstart.yaml"), argv)
+    labelled = load_task_cached(recipe_datasets({}, stages, training_only=True)["stages.assess.self_labelled.task"])
+    seen = {prompt_text(p) for p in captured["train_prompts"]}
+    assert {prompt_text(p) for p in labelled["prompt"]} <= seen
+    assert captured["shifted_task"].config["min_terms"] == 5 and [t.seed for t in captured["train_tasks"]] == [
+        1,
+        2000000,
+    ]
