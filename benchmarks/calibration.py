@@ -1,12 +1,14 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
-"""Calibration benchmark of a trained PCL model on a recipe's held-out split.
+"""Calibration benchmark of a trained PCL model on a recipe's held-out and shifted splits.
 
     .venv/bin/python benchmarks/calibration.py outputs/quickstart/assess \
         --recipe recipes/quickstart.yaml --out benchmarks/results/calibration.json
 
-Uses the recipe's `calibrate` task (held out: its seed is far from the training seeds) and drops the questions that
-occur in any of the recipe's training tasks; prints the summary table and writes the full metrics as JSON (plus the
-report and PNGs next to it). Same code path as `pcl calibrate` and the end of `pcl train`.
+Uses the recipe's `calibrate` task (held out: its seed range is disjoint from every training set's, which the recipe
+loader checks) and its `shifted_task` (harder than any trained) when present; marks the questions that occur in any
+training set, self-labelled ones included, as seen. Prints the summary with the paired verdicts and writes the full
+metrics as JSON, plus `items.jsonl`, the report and PNGs in the directory named like `--out` without `.json`. Same code
+path as `pcl calibrate` and the end of `pcl train`.
 """
 
 import argparse
@@ -18,34 +20,45 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pcl.evaluation import run_calibration, summary  # noqa: E402
-from pcl.recipe import load_recipe  # noqa: E402
-from pcl.tasks import TaskSpec, load_task  # noqa: E402
+from pcl.recipe import load_recipe, training_prompts, training_tasks  # noqa: E402
+from pcl.tasks import TaskSpec  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir")
     parser.add_argument("--recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--size", type=int, default=None, help="Override the evaluation set size.")
+    parser.add_argument("--shifted_size", type=int, default=None, help="Override the shifted split's size.")
+    parser.add_argument("--n_boot", type=int, default=1000, help="Bootstrap resamples for intervals and verdicts.")
     parser.add_argument("--out", default="benchmarks/results/calibration.json")
-    args = parser.parse_args()
+    parser.epilog = "Recipe overrides go after `--`, e.g. `-- --stages.sft.task.size 100` (as for `pcl train`)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, overrides = parser.parse_args(argv[:split]), argv[split + 1 :]
 
-    recipe, stages = load_recipe(args.recipe, ["--bf16", "false"] if "quickstart" not in args.recipe else [])
+    # GPU recipes default to bf16, which a CPU-only machine refuses when the stage configs are built
+    cpu = [] if "quickstart" in args.recipe else ["--bf16", "false"]
+    recipe, stages = load_recipe(args.recipe, cpu + overrides)
     spec = dict(recipe["calibrate"])
     task = TaskSpec.from_dict(spec.pop("task"))
     if args.size:
         task.size = args.size
-    train_tasks = [s.task for s in stages] + [
-        TaskSpec.from_dict(s.self_labelled["task"]) for s in stages if s.self_labelled
-    ]
-    train_prompts = [p for t in train_tasks for p in load_task(t)["prompt"]]
+    shifted = spec.pop("shifted_task", None)
+    if shifted:
+        shifted = TaskSpec.from_dict(shifted)
+        shifted.size = args.shifted_size or shifted.size
     out_dir = os.path.splitext(args.out)[0]
-    metrics = run_calibration(args.model_dir, task, out_dir, train_prompts=train_prompts, quiet=True, **spec)
+    metrics = run_calibration(
+        args.model_dir, task, out_dir, train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages),
+        shifted_task=shifted, quiet=True, **{**spec, "n_boot": args.n_boot},
+    )  # fmt: skip
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(metrics, f, indent=2)
     print(summary(metrics))
-    print(f"wrote {args.out} and {out_dir}/report.md")
+    print(f"wrote {args.out} and {out_dir}/report.md, {out_dir}/items.jsonl")
+    return metrics
 
 
 if __name__ == "__main__":

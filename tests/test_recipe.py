@@ -93,7 +93,7 @@ def test_paper_recipe_cpu_variant_runs(tmp_path):
     assert main(["train", recipe("qwen2.5-1.5b-gsm.yaml"), *argv]) == 0
     with open(tmp_path / "calibration" / "metrics.json") as f:
         metrics = json.load(f)
-    assert metrics["n"] == 8 and metrics["deploy"]["with_tokens_after_marker"] == 0
+    assert metrics["n"] + metrics["duplicates_dropped"] == 8 and metrics["deploy"]["with_tokens_after_marker"] == 0
 
 
 @pytest.mark.slow
@@ -103,6 +103,7 @@ def test_quickstart_shortened_end_to_end(tmp_path):
         "--output_dir", str(tmp_path), "--max_steps", "30", "--logging_steps", "10",
         "--stages.sft.task.size", "3000", "--stages.assess.task.size", "500",
         "--stages.assess.self_labelled.task.size", "500", "--calibrate.task.size", "300",
+        "--calibrate.shifted_task.size", "100",
     ]  # fmt: skip
     assert main(["train", recipe("quickstart.yaml"), *argv]) == 0
     out = tmp_path / "calibration"
@@ -110,9 +111,13 @@ def test_quickstart_shortened_end_to_end(tmp_path):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["deploy"]["with_tokens_after_marker"] == 0
-    assert metrics["n"] == 300 and metrics["n_unseen"] + metrics["n_seen_in_training"] == 300
+    assert metrics["n"] + metrics["duplicates_dropped"] == 300 and metrics["duplicates_dropped"] > 0
     assert set(metrics["sources"]["full"]) >= {"pcl_expected", "pcl_written", "mean_token_prob", "sequence_prob"}
-    assert "Unseen items only" in (out / "report.md").read_text()
+    assert set(metrics["paired"]["unseen"]) == {"mean_token_prob", "sequence_prob", "min_token_prob"}
+    assert metrics["shifted"]["n"] > 0 and "min_terms': 5" in metrics["shifted"]["shift"]
+    report = (out / "report.md").read_text()
+    assert "Held-out split: unseen items only" in report and "## Shifted split" in report
+    assert len((out / "items.jsonl").read_text().splitlines()) == metrics["n"] + metrics["shifted"]["n"]
 
     # The benchmark command on the same checkpoint
     code = main(["calibrate", str(tmp_path / "assess"), "--task", "chain_sum", "--size", "50",
