@@ -2,14 +2,13 @@
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from pcl import evaluation
 from pcl.evaluation import parse_verbalized_confidence, run_calibration
 from pcl.inference import Generation
-from pcl.items import difficulty_features, load_items, split_metrics
-from pcl.tasks import TaskSpec, load_task
+from pcl.items import load_items, split_metrics
+from pcl.tasks import TaskSpec
 
 
 @pytest.mark.parametrize(
@@ -170,14 +169,3 @@ def test_items_jsonl_round_trip(tmp_path, stub_model):
     shifted_again = split_metrics(load_items(tmp_path / "out" / "items.jsonl", split="shifted"), n_boot=30)
     assert shifted_again["sources"] == saved["shifted"]["sources"]
     assert "chain_sum" in saved["shifted"]["shift"] and saved["shifted"]["n"] == 3
-
-
-def test_difficulty_features_of_chain_sum():
-    data = load_task(TaskSpec("chain_sum", size=20, seed=5, config={"min_terms": 2, "max_terms": 4}))
-    features = [difficulty_features("chain_sum", e) for e in data["entry"]]
-    assert all(set(f) == {"num_terms", "num_digits"} for f in features)
-    # the feature is the item's own value: its expression has that many terms
-    for f, p in zip(features, data["prompt"], strict=True):
-        assert f["num_terms"] == len(p.replace("-", "+").split("+"))
-    assert {f["num_terms"] for f in features} == {2, 3, 4}
-    np.testing.assert_equal(difficulty_features("x.jsonl", json.dumps({"prompt": "a", "answer": "b"})), {})
