@@ -463,3 +463,27 @@ def test_plots_write_png(tmp_path):
         plots.reliability_grid({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="empty"):
         plots.risk_coverage_plot({}, tmp_path / "x.png")
+
+
+def test_paired_bootstrap_resample_weights_equal_direct_metrics():
+    # the fast path counts each item w_i times; it must equal the metrics computed on the resampled arrays
+    q, c = _random_binary(80, seed=11)
+    q_b = np.round(np.clip(q + np.random.default_rng(1).normal(0, 0.2, 80), 0, 1), 1)
+    c[::7] = 0.5  # graded outcomes too: not "correct" for AUROC, half a success for Brier and ECE
+    rng = np.random.default_rng(2)
+    indices = [rng.integers(0, 80, size=80) for _ in range(15)]
+    out = paired_bootstrap(q, q_b, c, indices=indices)
+    direct = {
+        name: [fn(q[i], c[i]) - fn(q_b[i], c[i]) for i in indices]
+        for name, fn in (("auroc", auroc), ("brier", brier_score), ("ece_10", expected_calibration_error))
+    }
+    for name, values in direct.items():
+        assert out[name]["ci"] == pytest.approx(list(np.percentile(values, [2.5, 97.5])), abs=1e-12)
+
+
+def test_calibration_report_intervals_equal_bootstrap_ci():
+    q, c = _random_binary(120, seed=5)
+    report = calibration_report(q, c, n_boot=40, seed=3)
+    ece_10 = lambda a, b: expected_calibration_error(a, b, n_bins=10)  # noqa: E731
+    for name, fn in (("ece_10", ece_10), ("brier", brier_score), ("auroc", auroc), ("aurc", aurc)):
+        assert report[f"{name}_ci"] == pytest.approx(list(bootstrap_ci(fn, q, c, n_boot=40, seed=3)), abs=1e-12)
