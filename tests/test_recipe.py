@@ -240,3 +240,11 @@ def test_training_prompts_include_self_labelled_sets_on_resume(tmp_path, monkeyp
         1,
         2000000,
     ]
+
+
+def test_cli_calibrate_refuses_eval_set_inside_a_training_range(tmp_path, capsys):
+    train = '{"name": "chain_sum", "size": 1000, "seed": 1}'
+    code = main(["calibrate", str(tmp_path / "never_loaded"), "--task", "chain_sum", "--seed", "500", "--size", "100",
+                 "--train_task", train])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "`train_task[0]`" in err and "share 100" in err
