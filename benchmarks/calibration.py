@@ -6,9 +6,10 @@
 
 Uses the recipe's `calibrate` task (held out: its seed range is disjoint from every training set's, which the recipe
 loader checks) and its `shifted_task` (harder than any trained) when present; marks the questions that occur in any
-training set, self-labelled ones included, as seen. Prints the summary with the paired verdicts and writes the full
-metrics as JSON, plus `items.jsonl`, the report and PNGs in the directory named like `--out` without `.json`. Same code
-path as `pcl calibrate` and the end of `pcl train`.
+training set, self-labelled ones included, as seen; fits the baselines of `pcl.fitted_baselines` on the self-labelled
+rows the recipe saved (`self_labelled.jsonl` in the stage's directory): the labels PCL's score got. Prints the summary
+with the paired verdicts and writes the full metrics as JSON, plus `items.jsonl`, the report and PNGs in the directory
+named like `--out` without `.json`. Same code path as `pcl calibrate` and the end of `pcl train`.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pcl.evaluation import run_calibration, summary  # noqa: E402
-from pcl.recipe import load_recipe, training_prompts, training_tasks  # noqa: E402
+from pcl.recipe import fit_rows_of, load_recipe, training_prompts, training_tasks  # noqa: E402
 from pcl.tasks import TaskSpec  # noqa: E402
 
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=None, help="Override the evaluation set size.")
     parser.add_argument("--shifted_size", type=int, default=None, help="Override the shifted split's size.")
     parser.add_argument("--n_boot", type=int, default=1000, help="Bootstrap resamples for intervals and verdicts.")
+    parser.add_argument("--fit_rows", action="append", default=None,
+                        help="Labelled answers for the fitted baselines (default: the recipe's saved self_labelled.jsonl "
+                             "files in its stage directories; 'none' skips them).")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/calibration.json")
     parser.epilog = "Recipe overrides go after `--`, e.g. `-- --stages.sft.task.size 100` (as for `pcl train`)."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     if shifted:
         shifted = TaskSpec.from_dict(shifted)
         shifted.size = args.shifted_size or shifted.size
+    # The labels PCL's score was trained on, saved by `pcl train` beside each self-labelling stage's checkpoint
+    fit_rows = fit_rows_of(stages) if args.fit_rows is None else [p for p in args.fit_rows if p != "none"] or None
+    spec.setdefault("fit_rows", fit_rows)
     out_dir = os.path.splitext(args.out)[0]
     metrics = run_calibration(
         args.model_dir, task, out_dir, train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages),

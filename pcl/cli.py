@@ -37,6 +37,11 @@ def _calibrate(argv: list[str]) -> dict:
     parser.add_argument("--shifted_task", type=json.loads, default=None,
                         help="JSON TaskSpec of a split harder than any trained, reported beside the held-out one.")  # fmt: skip
     parser.add_argument("--n_boot", type=int, default=1000, help="Bootstrap resamples for intervals and verdicts.")
+    parser.add_argument("--fit_rows", action="append", default=[],
+                        help="JSONL of labelled answers (prompt, completion, reward), e.g. a stage's self_labelled.jsonl: "
+                             "fits the baselines given the same labels as PCL's score (repeatable).")  # fmt: skip
+    parser.add_argument("--self_consistency_k", type=int, default=0,
+                        help="Sampled answers per item for the self-consistency baseline (k x the generation; 0: off).")  # fmt: skip
     args = parser.parse_args(argv)
     from .splits import check_disjoint
     from .tasks import load_task
@@ -53,7 +58,8 @@ def _calibrate(argv: list[str]) -> dict:
     return run_calibration(
         args.model_dir, task, output_dir, train_prompts=train_prompts or None, reward=args.reward,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, confidence_model=args.confidence_model,
-        train_tasks=train_tasks or None, shifted_task=shifted, n_boot=args.n_boot,
+        train_tasks=train_tasks or None, shifted_task=shifted, n_boot=args.n_boot, fit_rows=args.fit_rows or None,
+        self_consistency_k=args.self_consistency_k,
     )  # fmt: skip
 
 

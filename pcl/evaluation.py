@@ -2,9 +2,11 @@
 """The calibration benchmark (`pcl calibrate`): deploy-mode answers, their true rewards, and how well each
 confidence source predicts them, on a deduplicated held-out split and optionally on a shifted (harder) split.
 
-Sources compared on the same generations: the PCL self-score read in one forward pass (expected value over the score
-levels), the PCL score the model writes when the marker is not a stop, the free token-probability baselines, and
-optionally an RLCR-style model that verbalises `<confidence>q</confidence>` in its output.
+Sources compared on the same generations: the PCL self-score (expected value over the score levels) and the free
+token-probability baselines, all from one forward pass over `prompt + answer + MARKER` per answer (`pcl.features`,
+`pcl.baselines`); the PCL score the model writes when the marker is not a stop; optionally the baselines fitted on the
+labels PCL's score was trained on (`pcl.fitted_baselines`), k-sample self-consistency, and an RLCR-style model that
+verbalises `<confidence>q</confidence>` in its output. This module orchestrates; each source is computed elsewhere.
 """
 
 import json
@@ -13,16 +15,21 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .baselines import self_consistency, single_pass_sources
 from .calibration import calibration_report
+from .features import answer_features
+from .fitted_baselines import FittedBaselines, fit_baselines, fit_labels, load_fit_rows
 from .inference import generate, marker_leak_check
 from .items import difficulty_features, split_metrics, write_items
 from .marker import format_of, load_pcl_model
 from .plots import reliability_diagram, reliability_grid, risk_coverage_plot
-from .readout import self_scores, token_logprob_confidence, written_scores
-from .report import SOURCE_NAMES, render_report, summary
+from .readout import written_scores
+from .report import SOURCE_NAMES, plotted_sources, render_report, summary
 from .splits import deduplicate
 from .tasks import TaskSpec, held_out, load_task, make_reward_func, resolve_reward_func, score_completions
 
@@ -74,7 +81,8 @@ class _NoMarker:
 
 
 def _answers_and_confidences(model, tokenizer, tokens, prompts, max_new_tokens, batch_size, quiet, timed) -> tuple:
-    """Deploy-mode answers and every single-pass confidence source on them, plus timings when `timed`."""
+    """Deploy-mode answers, their features (one forward pass) and every single-pass confidence source on them, plus
+    timings when `timed`."""
     timing: dict = {}
     if timed:  # warm up, so neither timed generation below pays the first call's start-up
         generate(model, tokenizer, prompts[:8], max_new_tokens=max_new_tokens, tokens=tokens, show_progress=False)
@@ -83,11 +91,18 @@ def _answers_and_confidences(model, tokenizer, tokens, prompts, max_new_tokens, 
                     show_progress=not quiet)  # fmt: skip
     timing["generation_s"] = time.perf_counter() - start
     answers = [g.text for g in gens]
-    start = time.perf_counter()
-    confidences = {"pcl_expected": self_scores(model, tokenizer, prompts, answers, batch_size=batch_size,
-                                               tokens=tokens, show_progress=not quiet)}  # fmt: skip
-    timing["readout_s"] = time.perf_counter() - start
-    if timed:  # the same score read from the generation's own KV cache: the deployment-time cost of introspection
+    features = answer_features(model, tokenizer, prompts, answers, batch_size=batch_size, tokens=tokens,
+                               show_progress=not quiet)  # fmt: skip
+    single = single_pass_sources(features)
+    confidences = {"pcl_expected": single.pop("pcl_expected")}
+    if timed:
+        # What deployment pays for the score alone: a levels-only pass (the features pass above also keeps token
+        # log-probs and hidden states, which the self-score does not need)
+        start = time.perf_counter()
+        answer_features(model, tokenizer, prompts, answers, batch_size=batch_size, tokens=tokens, logprobs=False,
+                        hidden_states=False)  # fmt: skip
+        timing["readout_s"] = time.perf_counter() - start
+        # The same score read from the generation's own KV cache: the deployment-time cost of introspection
         start = time.perf_counter()
         cached = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                           tokens=tokens, show_progress=False, self_score=True)  # fmt: skip
@@ -97,10 +112,42 @@ def _answers_and_confidences(model, tokenizer, tokens, prompts, max_new_tokens, 
         timing["cached_self_score_max_abs_diff"] = max(diff) if diff else None
     written = written_scores(model, tokenizer, prompts, answers, batch_size=batch_size, tokens=tokens)
     # An unparseable written score carries no information: it counts as the uninformative 0.5
-    confidences["pcl_written"] = [0.5 if w is None else w for w in written]
-    confidences.update(token_logprob_confidence(model, tokenizer, prompts, answers, batch_size=batch_size,
-                                                tokens=tokens))  # fmt: skip
-    return gens, confidences, written, timing
+    confidences["pcl_written"] = np.array([0.5 if w is None else w for w in written])
+    confidences.update(single)
+    return gens, features, confidences, written, timing
+
+
+def answer_key(task: TaskSpec) -> Callable[[str], str]:
+    """How the task's verifier compares answers, as a key: equal keys are the same answer.
+
+    reasoning-gym verifiers compare the stripped answer with the gold string; JSONL tasks also compare as numbers.
+    """
+    if not task.is_jsonl:
+        return str.strip
+
+    def key(text: str) -> str:
+        text = text.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+        return repr(value) if np.isfinite(value) else text
+
+    return key
+
+
+def _self_consistency(model, tokenizer, tokens, prompts, answers, k, max_new_tokens, batch_size, key, seed) -> tuple:
+    """Agreement of k sampled answers (temperature 1) with each greedy answer, and the sampling time."""
+    import torch
+
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    # A prompt's k copies side by side: one batch holds whole groups of equal length (less padding)
+    samples = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, do_sample=True, tokens=tokens, show_progress=False)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    groups = [[key(g.text) for g in samples[i * k : (i + 1) * k]] for i in range(len(prompts))]
+    return self_consistency(groups, [key(a) for a in answers]), elapsed
 
 
 def _eval_set(task: TaskSpec, train_prompts: Sequence | None) -> tuple:
@@ -113,7 +160,7 @@ def _eval_set(task: TaskSpec, train_prompts: Sequence | None) -> tuple:
     return data, n_duplicates
 
 
-def _item_rows(split: str, data, gens, correct, confidences) -> list[dict]:
+def _item_rows(split: str, data, gens, correct, confidences, difficulty) -> list[dict]:
     return [
         {
             "split": split,
@@ -122,7 +169,7 @@ def _item_rows(split: str, data, gens, correct, confidences) -> list[dict]:
             "gold": data["answer"][i],
             "correct": correct[i],
             "seen": bool(data["seen"][i]),
-            "difficulty": difficulty_features(data["task"][i], data["entry"][i]),
+            "difficulty": difficulty[i],
             "stop": gens[i].stop,
             "confidence": {name: float(q[i]) for name, q in confidences.items()},
         }
@@ -135,6 +182,57 @@ def _describe_shift(shifted: TaskSpec, train_tasks: Sequence[TaskSpec] | None) -
     return f"{shifted.name} {shifted.config or '(default config)'}, vs trained on: {trained}"
 
 
+@dataclass
+class _Bench:
+    """What every split is evaluated with."""
+
+    model: Any
+    tokenizer: Any
+    tokens: Any
+    normalize: Callable
+    reward: str
+    max_new_tokens: int
+    batch_size: int
+    quiet: bool
+    fitted: FittedBaselines | None
+    self_consistency_k: int
+
+    def reward_func(self, task: TaskSpec) -> Callable:
+        return make_reward_func(task) if self.reward == "task" else resolve_reward_func(self.reward)
+
+
+def _fit(b: _Bench, fit_rows) -> tuple[FittedBaselines | None, dict]:
+    """The fitted baselines, on the evaluated model's features over the fit rows only (no evaluation item exists yet)."""
+    if not fit_rows:
+        return None, {"skipped": "no fit rows given (`fit_rows=` / `pcl calibrate --fit_rows`)"}
+    rows = load_fit_rows(fit_rows)
+    labels = fit_labels(rows, b.normalize)
+    features = answer_features(b.model, b.tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
+                               batch_size=b.batch_size, tokens=b.tokens, levels=False, show_progress=not b.quiet)  # fmt: skip
+    fitted = fit_baselines(features, labels, [r.get("difficulty") or {} for r in rows])
+    paths = [fit_rows] if isinstance(fit_rows, (str, os.PathLike)) else list(fit_rows)
+    fitted.summary["paths"] = [str(p) for p in paths]
+    return fitted, fitted.summary
+
+
+def _evaluate_split(b: _Bench, split: str, task: TaskSpec, data, timed: bool) -> tuple:
+    """Answers, every confidence source and the outcomes of one split's items: (item rows, generations, written
+    scores, timings)."""
+    gens, features, confidences, written, timing = _answers_and_confidences(
+        b.model, b.tokenizer, b.tokens, data["prompt"], b.max_new_tokens, b.batch_size, b.quiet, timed
+    )
+    difficulty = [difficulty_features(t, e) for t, e in zip(data["task"], data["entry"], strict=True)]
+    if b.fitted is not None:
+        confidences.update(b.fitted.predict(features, difficulty))
+    if b.self_consistency_k:
+        confidences["self_consistency"], timing["self_consistency_s"] = _self_consistency(
+            b.model, b.tokenizer, b.tokens, data["prompt"], [g.text for g in gens], b.self_consistency_k,
+            b.max_new_tokens, b.batch_size, answer_key(task), seed=0,
+        )  # fmt: skip
+    correct = _score(b.reward_func(task), data, [g.text for g in gens], b.normalize)
+    return _item_rows(split, data, gens, correct, confidences, difficulty), gens, written, timing
+
+
 def run_calibration(
     model_dir: str,
     task: TaskSpec,
@@ -143,6 +241,8 @@ def run_calibration(
     train_prompts: Sequence[str] | None = None,
     train_tasks: Sequence[TaskSpec] | None = None,
     shifted_task: TaskSpec | None = None,
+    fit_rows: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    self_consistency_k: int = 0,
     reward: str = "task",
     max_new_tokens: int = 64,
     batch_size: int = 64,
@@ -156,16 +256,20 @@ def run_calibration(
     reported on all items and on the unseen ones, broken down by difficulty, with a paired bootstrap of the PCL
     self-score against each baseline. With `shifted_task` (questions harder than any trained, e.g. more terms), the
     same metrics are also reported on that split, with the shift described against `train_tasks`.
+
+    `fit_rows` (JSONL files of `prompt`, `completion`, `reward`, e.g. the `self_labelled.jsonl` that trained PCL's
+    score) adds the baselines fitted on those labels (`pcl.fitted_baselines`), fit before any evaluation item is
+    generated. `self_consistency_k > 0` adds k-sample self-consistency (k sampled answers per item, k times the
+    generation cost, which the report states).
     """
+    if self_consistency_k < 0 or self_consistency_k == 1:
+        raise ValueError(f"`self_consistency_k` must be 0 (off) or >= 2 samples, got {self_consistency_k}.")
     model, tokenizer, tokens = load_pcl_model(model_dir)
-    normalize = format_of(model).normalize
+    b = _Bench(model, tokenizer, tokens, format_of(model).normalize, reward, max_new_tokens, batch_size, quiet,
+               None, self_consistency_k)  # fmt: skip
+    b.fitted, fitted_summary = _fit(b, fit_rows)
     data, n_duplicates = _eval_set(task, train_prompts)
-    reward_func = make_reward_func(task) if reward == "task" else resolve_reward_func(reward)
-    gens, confidences, written, t = _answers_and_confidences(
-        model, tokenizer, tokens, data["prompt"], max_new_tokens, batch_size, quiet, timed=True
-    )
-    correct = _score(reward_func, data, [g.text for g in gens], normalize)
-    items = _item_rows("heldout", data, gens, correct, confidences)
+    items, gens, written, t = _evaluate_split(b, "heldout", task, data, timed=True)
     metrics = {
         "model": model_dir,
         "task": {"name": task.name, "size": task.size, "seed": task.seed, "config": task.config},
@@ -183,9 +287,17 @@ def run_calibration(
             "cached_readout_overhead": t["generation_with_cached_self_score_s"] / max(t["generation_s"], 1e-9) - 1.0,
         },
         "cached_self_score_max_abs_diff": t["cached_self_score_max_abs_diff"],
+        "fitted_baselines": fitted_summary,
+        "self_consistency": {"k": self_consistency_k},
     }
+    if self_consistency_k:
+        metrics["self_consistency"].update(
+            {"sampling_s": t["self_consistency_s"],
+             "sampling_over_generation": t["self_consistency_s"] / max(t["generation_s"], 1e-9)}
+        )  # fmt: skip
     if confidence_model:
-        verbal = _verbalized(confidence_model, data, reward_func, normalize, max_new_tokens, batch_size)
+        reward_func = b.reward_func(task)
+        verbal = _verbalized(confidence_model, data, reward_func, b.normalize, max_new_tokens, batch_size)
         metrics["verbalized_model"] = {
             "model": confidence_model,
             "accuracy": float(np.mean([x or 0.0 for x in verbal["correct"]])),
@@ -204,12 +316,7 @@ def run_calibration(
                 metrics["sources"][subset]["verbalized"] = calibration_report(q_v, c_v, n_boot=n_boot)
     if shifted_task is not None:
         shifted, n_dup_shifted = _eval_set(shifted_task, train_prompts)
-        gens_s, conf_s, _, _ = _answers_and_confidences(
-            model, tokenizer, tokens, shifted["prompt"], max_new_tokens, batch_size, quiet, timed=False
-        )
-        correct_s = _score(make_reward_func(shifted_task) if reward == "task" else reward_func, shifted,
-                           [g.text for g in gens_s], normalize)  # fmt: skip
-        shifted_items = _item_rows("shifted", shifted, gens_s, correct_s, conf_s)
+        shifted_items, _, _, _ = _evaluate_split(b, "shifted", shifted_task, shifted, timed=False)
         items += shifted_items
         metrics["shifted"] = {
             "task": {
@@ -228,7 +335,8 @@ def run_calibration(
     scored = [r for r in items if r["split"] == "heldout" and r["correct"] is not None]
     if scored:
         c = np.array([r["correct"] for r in scored])
-        full = {SOURCE_NAMES[k]: (np.array([r["confidence"][k] for r in scored]), c) for k in confidences}
+        shown = plotted_sources(list(scored[0]["confidence"]), fitted_summary.get("best_on_validation"))
+        full = {SOURCE_NAMES.get(k, k): (np.array([r["confidence"][k] for r in scored]), c) for k in shown}
         reliability_diagram(*full[SOURCE_NAMES["pcl_expected"]], os.path.join(output_dir, "reliability_pcl.png"),
                             title="PCL self-score (expected), deploy-mode answers")  # fmt: skip
         reliability_grid(full, os.path.join(output_dir, "reliability_all.png"))

@@ -37,11 +37,12 @@ from typing import Any
 import yaml
 from trl import TrlParser
 
+from .fitted_baselines import FIT_ROWS_FILE, load_fit_rows, write_fit_rows
 from .grpo_config import PCLGRPOConfig
 from .marker import CONFIG_KEY, prepare_model
 from .sft_config import PCLSFTConfig
 from .splits import DEFAULT_TOLERANCE, check_disjoint
-from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func, score_completions
+from .tasks import TaskSpec, load_task, make_reward_func, prompt_text, resolve_reward_func, score_completions
 
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,15 @@ def training_tasks(stages: list[Stage]) -> list[TaskSpec]:
     return [s.task for s in stages]
 
 
+def fit_rows_of(stages: list[Stage]) -> list[str] | None:
+    """The saved self-labelled rows of every stage that has them (None when no stage self-labels)."""
+    paths = [self_labelled_path(s) for s in stages if s.self_labelled is not None]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:  # e.g. a stage completed by an older version, skipped on resume
+        logger.warning(f"No saved self-labelled rows in {missing}: the benchmark fits its baselines without them.")
+    return [p for p in paths if p not in missing] or None
+
+
 def check_recipe_overlap(recipe: dict, stages: list[Stage]) -> list[dict]:
     """Compare the prompts of every pair of the recipe's datasets; raises `OverlapError` beyond the tolerance."""
     sets = recipe_datasets(recipe, stages)
@@ -244,12 +254,16 @@ def _as_text(prompt, tokenizer) -> str:
     return text
 
 
-def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
-    """The model's own greedy answers on a task, scored by the stage's reward: the evaluation track's data."""
-    from datasets import Dataset
+def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt) -> list[dict]:
+    """The model's own greedy answers on a task, scored by the stage's reward: the evaluation track's data.
+
+    Each row: `prompt` (as text), `completion`, `reward` and the item's `difficulty` features (for the benchmark's
+    difficulty-only baseline).
+    """
     from transformers import AutoModelForCausalLM
 
     from .inference import generate
+    from .items import difficulty_features
 
     spec = dict(spec)
     task = TaskSpec.from_dict(spec.pop("task"))
@@ -270,19 +284,53 @@ def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt):
     logger.warning(
         f"Self-labelled {len(keep)} answers on {task.name}: accuracy {sum(rewards[i] for i in keep) / max(len(keep), 1):.3f}"
     )
-    rows = Dataset.from_dict(
+    return [
         {
-            "prompt": [_as_text(data["prompt"][i], tokenizer) for i in keep],
-            "completion": [answers[i] for i in keep],
-            "reward": [float(rewards[i]) for i in keep],
-            "self_assessment_only": [True] * len(keep),
+            "prompt": _as_text(data["prompt"][i], tokenizer),
+            "completion": answers[i],
+            "reward": float(rewards[i]),
+            "difficulty": difficulty_features(data["task"][i], data["entry"][i]),
         }
-    )
+        for i in keep
+    ]
+
+
+def self_labelled_path(stage: Stage) -> str:
+    """Where a stage keeps its self-labelled rows (the labels PCL's score is trained on; the benchmark's fit rows)."""
+    return os.path.join(stage.args.output_dir, FIT_ROWS_FILE)
+
+
+def _cached_self_labelled_rows(stage: Stage, model, tokenizer, resume: bool) -> list[dict]:
+    """A stage's self-labelled rows: generated and saved in its output directory, or, on resume, read back from there.
+
+    Generating them costs a pass of generation over the whole task; a resumed run reuses the saved rows, after
+    checking that they were built from this stage's task.
+    """
+    from accelerate import PartialState
+
+    path = self_labelled_path(stage)
+    if resume and os.path.isfile(path):
+        rows = load_fit_rows(path)
+        task = TaskSpec.from_dict(stage.self_labelled["task"])
+        expected = {prompt_text(_as_text(p, tokenizer)) for p in load_task_cached(task)["prompt"]}
+        stray = next((r["prompt"] for r in rows if prompt_text(r["prompt"]) not in expected), None)
+        if stray is not None:
+            raise ValueError(
+                f"{path} holds self-labelled rows of another task (e.g. the prompt {stray!r} is not in "
+                f"`stages.{stage.name}.self_labelled.task`): the recipe changed since it was written. Delete the file "
+                "to label the new task, or restore the recipe."
+            )
+        logger.warning(f"Stage {stage.name!r}: reusing {len(rows)} self-labelled rows from {path}.")
+        return rows
+    rows = _self_labelled_rows(stage.self_labelled, model, tokenizer, stage.reward, stage.args.segment_format)
+    if PartialState().is_main_process:
+        os.makedirs(stage.args.output_dir, exist_ok=True)
+        write_fit_rows(rows, path)
     return rows
 
 
-def _stage_dataset(stage: Stage, model, tokenizer):
-    from datasets import concatenate_datasets
+def _stage_dataset(stage: Stage, model, tokenizer, resume: bool = False):
+    from datasets import Dataset, concatenate_datasets
 
     data = load_task_cached(stage.task)
     if stage.trainer == "grpo":
@@ -293,7 +341,15 @@ def _stage_dataset(stage: Stage, model, tokenizer):
         return data
     if not isinstance(data[0]["prompt"], str):  # one dataset cannot mix chat and text rows: render both as text
         data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer)})
-    own = _self_labelled_rows(stage.self_labelled, model, tokenizer, stage.reward, stage.args.segment_format)
+    rows = _cached_self_labelled_rows(stage, model, tokenizer, resume)
+    own = Dataset.from_dict(
+        {
+            "prompt": [r["prompt"] for r in rows],
+            "completion": [r["completion"] for r in rows],
+            "reward": [float(r["reward"]) for r in rows],
+            "self_assessment_only": [True] * len(rows),
+        }
+    )
     data = data.add_column("reward", [None] * len(data)).add_column("self_assessment_only", [False] * len(data))
     data = data.cast(own.features)
     return concatenate_datasets([data, own]).shuffle(seed=stage.args.seed)
@@ -312,7 +368,7 @@ def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    dataset = _stage_dataset(stage, model, tokenizer)
+    dataset = _stage_dataset(stage, model, tokenizer, resume)
     if stage.trainer == "sft" and stage.self_labelled is not None:
         logger.warning(f"Stage {stage.name!r}: {len(dataset)} rows (gold answers and self-labelled answers).")
     if stage.trainer == "sft":
@@ -366,6 +422,8 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
             task = TaskSpec.from_dict(spec.pop("task"))
             if spec.get("shifted_task"):
                 spec["shifted_task"] = TaskSpec.from_dict(spec["shifted_task"])
+            # The labels PCL's score was trained on, for the baselines fitted on the same labels
+            spec.setdefault("fit_rows", fit_rows_of(stages))
             # From the recipe, not from what the stages loaded: stages skipped on resume loaded nothing
             with _plain_loading():
                 result["calibration"] = run_calibration(

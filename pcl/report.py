@@ -4,17 +4,38 @@ tables (PCL self-score vs each baseline)."""
 
 from typing import Any
 
+from .fitted_baselines import SCALED_SOURCES
 
-__all__ = ["SOURCE_NAMES", "render_report", "summary", "verdict_table"]
 
-SOURCE_NAMES = {
-    "pcl_expected": "PCL self-score (expected)",
-    "pcl_written": "PCL self-score (written)",
+__all__ = ["SOURCE_NAMES", "plotted_sources", "render_report", "summary", "verdict_table"]
+
+TOKEN_NAMES = {
     "mean_token_prob": "mean token prob",
     "sequence_prob": "sequence prob",
     "min_token_prob": "min token prob",
+}
+SCALING_NAMES = {"temperature": "temperature-scaled", "platt": "Platt-scaled", "isotonic": "isotonic"}
+SOURCE_NAMES = {
+    "pcl_expected": "PCL self-score (expected)",
+    "pcl_written": "PCL self-score (written)",
+    **{k: v for key, name in TOKEN_NAMES.items() for k, v in ((key, name), (f"{key}_no_stop", f"{name} (no stop)"))},
+    "hidden_probe": "hidden-state probe",
+    "difficulty": "difficulty only",
+    "self_consistency": "self-consistency",
     "verbalized": "verbalised <confidence>",
 }
+SOURCE_NAMES.update(
+    {f"{m}_{s}": f"{label} {SOURCE_NAMES[s]}" for m, label in SCALING_NAMES.items() for s in SCALED_SOURCES}
+)
+# The pictures show these (and the fitted baseline best on validation); the tables show every source
+PLOTTED = ("pcl_expected", "pcl_written", *TOKEN_NAMES, "hidden_probe", "difficulty", "self_consistency")
+
+
+def plotted_sources(sources: list[str], best_fitted: str | None = None) -> list[str]:
+    """The sources drawn in the reliability grid and risk-coverage plot, in table order."""
+    return [s for s in sources if s in PLOTTED or s == best_fitted]
+
+
 SUBSETS = {"full": "all items", "unseen": "unseen items only"}
 PAIRED = (("auroc", "AUROC"), ("brier", "Brier"), ("ece_10", "ECE-10"))
 
@@ -99,6 +120,42 @@ def _accuracy(m: dict[str, Any]) -> str:
     return acc + (f" (unseen: {m['accuracy_unseen']:.3f})" if m["accuracy_unseen"] is not None else "")
 
 
+def _baselines_section(m: dict[str, Any]) -> list[str]:
+    lines = ["", "## Baselines fitted on PCL's labels", ""]
+    f = m.get("fitted_baselines") or {"skipped": "not run"}
+    if "n_rows" not in f:
+        lines.append(f"Skipped: {f['skipped']}. Only the single-pass sources are compared.")
+    else:
+        chosen = "; ".join(
+            f"{_name(k)}: " + ", ".join(f"{a} {v}" for a, v in c.items()) for k, c in f["chosen"].items()
+        )
+        lines += [
+            f"Fit on {f['n_rows']} labelled answers (accuracy {f['accuracy']:.3f}) from {', '.join(f['paths'])}: the "
+            "same self-labelled answers and 0/1 labels PCL's score was trained on, with the evaluated model's features "
+            "over them (token probabilities, hidden state at the answer end) and the items' prompt features. "
+            f"Hyper-parameters are chosen on a validation split of those rows ({f['n_validation']} rows, "
+            f"{100 * f['validation_share']:.0f}% of each class, seed {f['seed']}), never on evaluation items; each "
+            f"baseline is then refit on all {f['n_rows']} rows. Chosen: {chosen or 'nothing'}. Best fitted baseline "
+            f"on validation (Brier): {_name(f['best_on_validation'])}.",
+        ]
+        if f.get("skipped"):
+            lines.append("Not fitted: " + "; ".join(f"{_name(k)}: {v}" for k, v in f["skipped"].items()) + ".")
+        lines += ["", "| fitted baseline | validation Brier |", "|---|---|"]
+        lines += [f"| {_name(k)} | {v:.4f} |" for k, v in f["validation_brier"].items()]
+    sc = m.get("self_consistency") or {"k": 0}
+    lines.append("")
+    if sc["k"]:
+        lines.append(
+            f"Self-consistency: {sc['k']} answers sampled per item (temperature 1); the confidence is the share that "
+            f"agrees with the greedy answer, compared as the task's verifier compares answers. Cost: {sc['k']}x the "
+            f"generation: sampling took {sc['sampling_s']:.2f} s, {sc['sampling_over_generation']:.1f}x the greedy "
+            "generation."
+        )
+    else:
+        lines.append("Self-consistency: off (`self_consistency_k: 0`).")
+    return lines
+
+
 def render_report(m: dict[str, Any]) -> str:
     """`report.md`: setup, per-source tables, paired verdicts, difficulty breakdown, shifted split, pictures."""
     t = m["timing"]
@@ -124,6 +181,7 @@ def render_report(m: dict[str, Any]) -> str:
             f"- verbalised-confidence model `{v['model']}` (its own answers, not paired): accuracy "
             f"{v['accuracy']:.3f}, {v['extra_inference_tokens']:.1f} extra inference tokens per answer"
         )
+    lines += _baselines_section(m)
     lines += _split_sections(m, "Held-out split")
     if "shifted" in m:
         s = m["shifted"]
@@ -149,12 +207,12 @@ def render_report(m: dict[str, Any]) -> str:
 
 def _summary_split(m: dict[str, Any], label: str) -> list[str]:
     lines = [f"{label}: accuracy {_accuracy(m)}; {_counts(m)}"]
-    lines.append(f"{'source':<28}{'subset':<8}{'ECE-10':>8}{'Brier':>8}{'AUROC':>8}{'AURC':>8}")
+    lines.append(f"{'source':<46}{'subset':<8}{'ECE-10':>8}{'Brier':>8}{'AUROC':>8}{'AURC':>8}")
     for subset, sources in m["sources"].items():
         for key, r in sources.items():
             auroc = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
             lines.append(
-                f"{_name(key):<28}{subset:<8}{r['ece_10']:>8.3f}{r['brier']:>8.3f}{auroc:>8}{r['aurc']:>8.3f}"
+                f"{_name(key):<46}{subset:<8}{r['ece_10']:>8.3f}{r['brier']:>8.3f}{auroc:>8}{r['aurc']:>8.3f}"
             )
     for subset, paired in m["paired"].items():
         lines.append(f"paired verdicts, PCL self-score vs baseline ({SUBSETS[subset]}; PCL − baseline, 95% CI):")
@@ -163,7 +221,7 @@ def _summary_split(m: dict[str, Any], label: str) -> list[str]:
                 f"{label} {_num(result[k]['diff'], result[k]['ci'], sign=True)} {result[k]['verdict']}"
                 for k, label in PAIRED
             )
-            lines.append(f"  vs {_name(baseline):<20} {cells}")
+            lines.append(f"  vs {_name(baseline):<44} {cells}")
     return lines
 
 
@@ -175,6 +233,16 @@ def summary(m: dict[str, Any]) -> str:
         f"{100 * m['timing']['cached_readout_overhead']:+.1f}% from the generation's KV cache",
         *_summary_split(m, "held-out"),
     ]
+    fitted = m.get("fitted_baselines") or {}
+    if "n_rows" in fitted:
+        lines.append(f"fitted baselines: {fitted['n_rows']} labelled answers, hyper-parameters chosen on "
+                     f"{fitted['n_validation']} of them; best on validation: {_name(fitted['best_on_validation'])}")  # fmt: skip
+    elif fitted:
+        lines.append(f"fitted baselines skipped: {fitted['skipped']}")
+    sc = m.get("self_consistency") or {"k": 0}
+    if sc["k"]:
+        lines.append(f"self-consistency: k={sc['k']} samples per item, {sc['sampling_s']:.2f} s of sampling "
+                     f"({sc['sampling_over_generation']:.1f}x the greedy generation)")  # fmt: skip
     if "shifted" in m:
         lines += [f"shift: {m['shifted']['shift']}", *_summary_split(m["shifted"], "shifted")]
     return "\n".join(lines)

@@ -2,10 +2,12 @@
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from pcl import evaluation
 from pcl.evaluation import parse_verbalized_confidence, run_calibration
+from pcl.features import AnswerFeatures
 from pcl.inference import Generation
 from pcl.items import load_items, split_metrics
 from pcl.tasks import TaskSpec
@@ -75,17 +77,36 @@ def _gen(prompt, self_score=False):
     return Generation(ANSWER[prompt], 2, "marker", [1, 2], 0, PCL[prompt] if self_score else None)
 
 
+# Labelled answers for the fitted baselines: a feature x per row, correct mostly when x > 0.4 (with some noise, so no
+# fit is degenerate), and one prompt feature
+FIT = {f"{i} ? =": i / 40 for i in range(40)}
+FIT_REWARD = {p: float((x > 0.4) != (i % 7 == 0)) for i, (p, x) in enumerate(FIT.items())}
+
+
+def _features(prompts, completions, hidden_states=True, logprobs=True, levels=True, **kw):
+    """Stub `answer_features`: eval answers get self-score q = PCL[p], an answer token of probability .5 and a stop
+    token of probability 1 - q; fit rows get x in place of q. The hidden state is (q or x, 1 for eval items, 0 for
+    fit rows), so a fit that sees an evaluation item is detectable."""
+    q = [PCL[p] if p in PCL else FIT[p] for p in prompts]
+    from_eval = [float(p in PCL) for p in prompts]
+    return AnswerFeatures(
+        token_logprobs=[np.log([0.5, 1 - v]) for v in q] if logprobs else None,
+        hidden=np.array([[v, e] for v, e in zip(q, from_eval, strict=True)]) if hidden_states else None,
+        level_probs=np.array([[1 - v, v] for v in q]) if levels else None,
+    )
+
+
 @pytest.fixture
 def stub_model(monkeypatch):
-    """Replace model loading, generation, readouts and the reward by functions of the prompt."""
+    """Replace model loading, generation, the features pass, written scores and the reward by functions of the
+    prompt."""
     monkeypatch.setattr(evaluation, "load_pcl_model", lambda path: (None, None, None))
     monkeypatch.setattr(evaluation, "format_of", lambda model: SimpleNamespace(normalize=lambda r: r))
     monkeypatch.setattr(evaluation, "generate", lambda m, t, prompts, self_score=False, **kw: [
         _gen(p, self_score) for p in prompts])  # fmt: skip
-    monkeypatch.setattr(evaluation, "self_scores", lambda m, t, prompts, answers, **kw: [PCL[p] for p in prompts])
+    monkeypatch.setattr(evaluation, "answer_features", lambda m, t, prompts, answers, **kw: _features(prompts,
+                                                                                                      answers, **kw))  # fmt: skip
     monkeypatch.setattr(evaluation, "written_scores", lambda m, t, prompts, answers, **kw: [None] * len(prompts))
-    monkeypatch.setattr(evaluation, "token_logprob_confidence", lambda m, t, prompts, answers, **kw: {
-        "sequence_prob": [0.5] * len(prompts), "min_token_prob": [1.0 - PCL[p] for p in prompts]})  # fmt: skip
 
     def reward(prompts, completions, **kw):  # "6 + 6 =" is left unscored
         return [None if p == "6 + 6 =" else float(a == GOLD[p]) for p, a in zip(prompts, completions, strict=True)]
@@ -116,24 +137,31 @@ def test_run_calibration_exact_metrics_on_stub_model(tmp_path, stub_model):
     assert full["pcl_expected"]["brier"] == pytest.approx(0.34 / 5)
     assert full["pcl_expected"]["ece_10"] == pytest.approx(1.2 / 5)
     assert unseen["pcl_expected"]["brier"] == pytest.approx(0.30 / 4)  # without the seen "2 + 2 =" (q .8, c 1)
-    # a constant .5: AUROC .5, Brier .25, ECE |3 - 2.5| / 5; AURC averages over the tie: (1 - 3/5) at every k
-    assert full["sequence_prob"]["auroc"] == 0.5 and full["sequence_prob"]["brier"] == pytest.approx(0.25)
-    assert full["sequence_prob"]["ece_10"] == pytest.approx(0.1) and full["sequence_prob"]["aurc"] == pytest.approx(
-        0.4
-    )
-    assert full["min_token_prob"]["auroc"] == 0.0  # 1 - q inverts the ranking
+    # without the stop token, every answer is one token of probability .5: a constant .5, AUROC .5, Brier .25,
+    # ECE |3 - 2.5| / 5; AURC averages over the tie: (1 - 3/5) at every k
+    seq = full["sequence_prob_no_stop"]
+    assert seq["auroc"] == 0.5 and seq["brier"] == pytest.approx(0.25)
+    assert seq["ece_10"] == pytest.approx(0.1) and seq["aurc"] == pytest.approx(0.4)
+    # with the stop token (probability 1 - q): .5 (1 - q), and min(.5, 1 - q) which ranks correct items below wrong
+    assert full["sequence_prob"]["brier"] == pytest.approx(np.mean((0.5 * (1 - np.array([.9, .8, .3, .6, .2]))
+                                                                   - np.array([1, 1, 0, 1, 0])) ** 2))  # fmt: skip
+    assert full["min_token_prob"]["auroc"] == 0.0
     assert full["pcl_written"]["brier"] == pytest.approx(0.25)  # unparsed written scores count as .5
     paired = metrics["paired"]["full"]
-    assert set(paired) == {"sequence_prob", "min_token_prob"}  # PCL's own written score is not a baseline
-    assert paired["sequence_prob"]["auroc"]["diff"] == pytest.approx(0.5)
-    assert paired["sequence_prob"]["brier"]["diff"] == pytest.approx(0.34 / 5 - 0.25)
+    # PCL's own written score is not a baseline; no fit rows, no self-consistency: the single-pass sources only
+    assert set(paired) == {f"{s}{v}" for s in ("mean_token_prob", "sequence_prob", "min_token_prob")
+                           for v in ("", "_no_stop")}  # fmt: skip
+    assert paired["sequence_prob_no_stop"]["auroc"]["diff"] == pytest.approx(0.5)
+    assert paired["sequence_prob_no_stop"]["brier"]["diff"] == pytest.approx(0.34 / 5 - 0.25)
     assert paired["min_token_prob"]["auroc"]["verdict"] == "win"  # AUROC 1 vs 0 on every two-class resample
     assert metrics["by_difficulty"]["terms=1"]["n"] == 2 and metrics["by_difficulty"]["terms=1"]["n_seen"] == 1
     assert metrics["by_difficulty"]["terms=2"]["accuracy"] == pytest.approx(1 / 3)
     # `seen` as a score: 1 of 3 correct items seen, 0 of 2 wrong ones -> 6 pairs, 2 won, 4 tied -> (2 + 4/2) / 6
     assert metrics["seen_auroc"] == pytest.approx(2 / 3)
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| sequence prob |" in report and "**win**" in report and "terms=2" in report
+    assert "| sequence prob (no stop) |" in report and "**win**" in report and "terms=2" in report
+    assert "Skipped: no fit rows given" in report and "Self-consistency: off" in report
+    assert metrics["fitted_baselines"] == {"skipped": "no fit rows given (`fit_rows=` / `pcl calibrate --fit_rows`)"}
 
 
 def test_run_calibration_invariant_under_item_order(tmp_path, stub_model):
@@ -158,8 +186,10 @@ def test_items_jsonl_round_trip(tmp_path, stub_model):
     row = next(r for r in rows if r["prompt"] == "3 + 3 =" and r["split"] == "heldout")
     assert row == {"split": "heldout", "prompt": "3 + 3 =", "answer": "7", "gold": "6", "correct": 0.0, "seen": False,
                    "difficulty": {"terms": 2}, "stop": "marker",
-                   "confidence": {"pcl_expected": 0.3, "pcl_written": 0.5, "sequence_prob": 0.5,
-                                  "min_token_prob": pytest.approx(0.7)}}  # fmt: skip
+                   "confidence": {"pcl_expected": pytest.approx(0.3), "pcl_written": 0.5,
+                                  "mean_token_prob": pytest.approx(0.35**0.5), "mean_token_prob_no_stop": 0.5,
+                                  "sequence_prob": pytest.approx(0.35), "sequence_prob_no_stop": 0.5,
+                                  "min_token_prob": 0.5, "min_token_prob_no_stop": 0.5}}  # fmt: skip
     assert next(r for r in rows if r["prompt"] == "6 + 6 =")["correct"] is None
     # every metric recomputes from the file alone
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
