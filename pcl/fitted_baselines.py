@@ -100,11 +100,10 @@ def validation_split(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     return val
 
 
-def numeric_difficulty(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Names of the difficulty features every row has as a number (bools count); empty when there are none."""
+def numeric_difficulty(difficulty: Sequence[dict[str, Any]]) -> list[str]:
+    """Names of the difficulty features every item has as a number (bools count); empty when there are none."""
     names = None
-    for row in rows:
-        d = row.get("difficulty") or {}
+    for d in difficulty:
         numeric = {k for k, v in d.items() if isinstance(v, (int, float, bool))}
         names = numeric if names is None else names & numeric
     return sorted(names or ())

@@ -72,7 +72,7 @@ def test_calibration_benchmark_script(tmp_path, tokenizer, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     sizes = ["--stages.sft.task.size", "3000", "--stages.assess.task.size", "300",
-             "--stages.assess.self_labelled.task.size", "300"]  # fmt: skip
+             "--stages.assess.self_labelled.task.size", "300", "--output_dir", str(tmp_path / "run")]  # fmt: skip
     out = tmp_path / "cal.json"
     metrics = script.main([str(tmp_path / "model"), "--recipe", str(ROOT / "recipes" / "quickstart.yaml"), "--size",
                            "40", "--shifted_size", "10", "--n_boot", "20", "--out", str(out), "--", *sizes])  # fmt: skip
@@ -88,4 +88,7 @@ def test_calibration_benchmark_script(tmp_path, tokenizer, capsys):
     assert [r["seen"] for r in heldout] == [prompt_text(r["prompt"]) in trained for r in heldout]
     assert metrics["n_seen_in_training"] > 0 and metrics["shifted"]["n_seen_in_training"] == 0
     assert {r["difficulty"]["num_terms"] for r in items if r["split"] == "shifted"} == {5}
-    assert set(metrics["paired"]["full"]) == {"mean_token_prob", "sequence_prob", "min_token_prob"}
+    tokens = {f"{s}{v}" for s in ("mean_token_prob", "sequence_prob", "min_token_prob") for v in ("", "_no_stop")}
+    # No stage ran in this recipe's output directory: no saved self-labelled rows, so no fitted baselines
+    assert set(metrics["paired"]["full"]) - {"self_consistency"} == tokens
+    assert metrics["fitted_baselines"]["skipped"].startswith("no fit rows given")

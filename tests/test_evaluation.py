@@ -199,3 +199,107 @@ def test_items_jsonl_round_trip(tmp_path, stub_model):
     shifted_again = split_metrics(load_items(tmp_path / "out" / "items.jsonl", split="shifted"), n_boot=30)
     assert shifted_again["sources"] == saved["shifted"]["sources"]
     assert "chain_sum" in saved["shifted"]["shift"] and saved["shifted"]["n"] == 3
+
+
+def _fit_rows(path):
+    with open(path, "w") as f:
+        for i, (p, x) in enumerate(FIT.items()):
+            f.write(json.dumps({"prompt": p, "completion": f" {i}", "reward": FIT_REWARD[p],
+                                "difficulty": {"terms": 1 + (x > 0.5)}}) + "\n")  # fmt: skip
+    return str(path)
+
+
+def test_fitted_baselines_fit_on_fit_rows_only(tmp_path, stub_model, monkeypatch):
+    """Every fitted baseline sees fit rows only (never an evaluation item), and its predictions become confidence
+    columns of items.jsonl with paired verdicts in the report."""
+    from pcl import baselines, fitted_baselines
+    from pcl.fitted_baselines import FITTED_SOURCES, fit_baselines
+
+    seen_by_fit = []
+    for cls in (baselines.TemperatureScaling, baselines.PlattScaling, baselines.IsotonicCalibration,
+                baselines.HiddenStateProbe, baselines.DifficultyBaseline):  # fmt: skip
+
+        def fit(self, x, y, _fit=cls.fit):
+            seen_by_fit.append(x)
+            return _fit(self, x, y)
+
+        monkeypatch.setattr(cls, "fit", fit)
+    path = _fit_rows(tmp_path / "self_labelled.jsonl")
+    shifted = _jsonl(tmp_path / "shifted.jsonl", ["5 + 5 =", "6 + 6 =", "3 + 3 ="])
+    metrics = run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", list(GOLD)), str(tmp_path / "out"),
+                              train_prompts=["2 + 2 ="], shifted_task=shifted, fit_rows=path, n_boot=20,
+                              quiet=True)  # fmt: skip
+    summary = metrics["fitted_baselines"]
+    assert (
+        summary["n_rows"] == 40 and summary["n_fit"] + summary["n_validation"] == 40 and summary["n_validation"] >= 2
+    )
+    assert summary["paths"] == [path] and set(summary["validation_brier"]) == set(FITTED_SOURCES)
+    # 12 scalings + probe + difficulty, each fit once per C tried on the fit part and once on all rows
+    assert len(seen_by_fit) == 12 * 2 + 2 * (len(fitted_baselines.C_GRID) + 1)
+    for x in seen_by_fit:
+        assert len(x) in (summary["n_fit"], 40)
+        if isinstance(x, AnswerFeatures):
+            assert (x.hidden[:, 1] == 0).all()  # column 1 is 1 for evaluation items
+        else:
+            assert all(set(d) == {"terms"} for d in x)
+    # The columns are the baselines refit on all fit rows, predicting the evaluation items
+    rows = load_items(tmp_path / "out" / "items.jsonl")
+    eval_prompts = [r["prompt"] for r in rows]
+    refit = fit_baselines(evaluation.answer_features(None, None, list(FIT), [""] * 40),
+                          np.array(list(FIT_REWARD.values())), [{"terms": 1 + (x > 0.5)} for x in FIT.values()])  # fmt: skip
+    expected = refit.predict(_features(eval_prompts, eval_prompts), [r["difficulty"] for r in rows])
+    for name in FITTED_SOURCES:
+        np.testing.assert_allclose([r["confidence"][name] for r in rows], expected[name])
+    assert np.ptp(expected["hidden_probe"]) > 0.1  # the probe reads x: it is not a constant
+    for split in (metrics, metrics["shifted"]):
+        assert set(FITTED_SOURCES) <= set(split["paired"]["full"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Baselines fitted on PCL's labels" in report and "never on evaluation items" in report
+    for name in ("| Platt-scaled min token prob (no stop) |", "| hidden-state probe |", "| difficulty only |"):
+        assert report.count(name) >= 3  # validation table, source tables, verdict tables
+    assert summary["best_on_validation"] in FITTED_SOURCES
+
+
+def test_fit_rows_that_are_not_0_1_are_refused_before_generating(tmp_path, stub_model, monkeypatch):
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **kw: pytest.fail("generated before checking fit rows"))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": " 1", "reward": 0.5}) + "\n" for p in FIT))
+    with pytest.raises(ValueError, match="not 0/1 correctness"):
+        run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", list(GOLD)), str(tmp_path / "out"),
+                        fit_rows=str(path), quiet=True)  # fmt: skip
+
+
+# Known samples: each prompt's k = 4 sampled answers, compared with the greedy answer as the JSONL verifier compares
+SAMPLES = {"1 + 1 =": ["2", " 2 ", "2.0", "3"], "2 + 2 =": ["4"] * 4, "3 + 3 =": ["6", "6", "7", "8"],
+           "4 + 4 =": ["9"] * 4, "5 + 5 =": ["11", "10", "11", "11"], "6 + 6 =": ["12", "x", "y", "z"]}  # fmt: skip
+AGREEMENT = {"1 + 1 =": 0.75, "2 + 2 =": 1.0, "3 + 3 =": 0.25, "4 + 4 =": 0.0, "5 + 5 =": 0.75, "6 + 6 =": 0.25}
+
+
+def test_self_consistency_on_stub_with_known_samples(tmp_path, stub_model, monkeypatch):
+    calls = []
+
+    def generate(m, t, prompts, self_score=False, do_sample=False, **kw):
+        if not do_sample:
+            return [_gen(p, self_score) for p in prompts]
+        calls.append(list(prompts))
+        drawn = {p: iter(SAMPLES[p]) for p in prompts}
+        return [Generation(next(drawn[p]), 2, "marker", [1, 2], 0) for p in prompts]
+
+    monkeypatch.setattr(evaluation, "generate", generate)
+    metrics = run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", list(GOLD)), str(tmp_path / "out"),
+                              self_consistency_k=4, n_boot=20, quiet=True)  # fmt: skip
+    assert calls == [[p for p in GOLD for _ in range(4)]]  # k copies per item, sampled
+    rows = load_items(tmp_path / "out" / "items.jsonl")
+    assert {r["prompt"]: r["confidence"]["self_consistency"] for r in rows} == AGREEMENT
+    assert "self_consistency" in metrics["paired"]["full"]
+    sc = metrics["self_consistency"]
+    assert sc["k"] == 4 and sc["sampling_s"] >= 0 and "sampling_over_generation" in sc
+    assert "Cost: 4x the generation" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="self_consistency_k"):
+        run_calibration("stub", TaskSpec("chain_sum"), str(tmp_path / "x"), self_consistency_k=1)
+
+
+def test_answer_key_compares_like_the_verifier():
+    jsonl, gym = evaluation.answer_key(TaskSpec("x.jsonl")), evaluation.answer_key(TaskSpec("chain_sum"))
+    assert jsonl(" 12 ") == jsonl("12.0") != jsonl("12.5") and jsonl("abc ") == "abc"
+    assert gym(" 12 ") == "12" != gym("12.0")  # reasoning-gym compares the stripped strings

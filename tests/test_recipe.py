@@ -113,16 +113,25 @@ def test_quickstart_shortened_end_to_end(tmp_path):
     assert metrics["deploy"]["with_tokens_after_marker"] == 0
     assert metrics["n"] + metrics["duplicates_dropped"] == 300 and metrics["duplicates_dropped"] > 0
     assert set(metrics["sources"]["full"]) >= {"pcl_expected", "pcl_written", "mean_token_prob", "sequence_prob"}
-    assert set(metrics["paired"]["unseen"]) == {"mean_token_prob", "sequence_prob", "min_token_prob"}
+    # Baselines fitted on the self-labelled rows the assess stage saved, beside the single-pass ones
+    from pcl.fitted_baselines import FITTED_SOURCES
+
+    assert (tmp_path / "assess" / "self_labelled.jsonl").stat().st_size > 0
+    assert metrics["fitted_baselines"]["paths"] == [str(tmp_path / "assess" / "self_labelled.jsonl")]
+    singles = {f"{s}{v}" for s in ("mean_token_prob", "sequence_prob", "min_token_prob") for v in ("", "_no_stop")}
+    assert set(metrics["paired"]["unseen"]) - {"self_consistency"} == singles | set(FITTED_SOURCES)
     assert metrics["shifted"]["n"] > 0 and "min_terms': 5" in metrics["shifted"]["shift"]
     report = (out / "report.md").read_text()
     assert "Held-out split: unseen items only" in report and "## Shifted split" in report
     assert len((out / "items.jsonl").read_text().splitlines()) == metrics["n"] + metrics["shifted"]["n"]
 
-    # The benchmark command on the same checkpoint
+    # The benchmark command on the same checkpoint, with the same fit rows and self-consistency
     code = main(["calibrate", str(tmp_path / "assess"), "--task", "chain_sum", "--size", "50",
-                 "--output_dir", str(tmp_path / "again"), "--max_new_tokens", "8"])  # fmt: skip
-    assert code == 0 and (tmp_path / "again" / "metrics.json").exists()
+                 "--output_dir", str(tmp_path / "again"), "--max_new_tokens", "8", "--fit_rows",
+                 str(tmp_path / "assess" / "self_labelled.jsonl"), "--self_consistency_k", "3"])  # fmt: skip
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert code == 0 and again["self_consistency"]["k"] == 3
+    assert set(FITTED_SOURCES) | {"self_consistency"} <= set(again["paired"]["full"])
 
 
 def test_calibrate_refuses_non_pcl_model(tmp_path, tokenizer):
@@ -228,6 +237,11 @@ def test_training_prompts_include_self_labelled_sets_on_resume(tmp_path, monkeyp
 
     captured = {}
     monkeypatch.setattr(pcl.recipe, "run_stage", skipped_stage)
+    # The assess stage saved its self-labelled rows when it ran: the benchmark fits its baselines on them
+    os.makedirs(tmp_path / "assess")
+    (tmp_path / "assess" / "self_labelled.jsonl").write_text(
+        '{"prompt": "1 + 2 =", "completion": " 3", "reward": 1}\n'
+    )
     monkeypatch.setattr(pcl.evaluation, "run_calibration", lambda *a, **kw: captured.update(kw))
     argv = ["--output_dir", str(tmp_path), "--stages.sft.task.size", "50", "--stages.assess.task.size", "50",
             "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "20"]  # fmt: skip
@@ -236,6 +250,7 @@ def test_training_prompts_include_self_labelled_sets_on_resume(tmp_path, monkeyp
     labelled = load_task_cached(recipe_datasets({}, stages, training_only=True)["stages.assess.self_labelled.task"])
     seen = {prompt_text(p) for p in captured["train_prompts"]}
     assert {prompt_text(p) for p in labelled["prompt"]} <= seen
+    assert captured["fit_rows"] == [str(tmp_path / "assess" / "self_labelled.jsonl")]
     assert captured["shifted_task"].config["min_terms"] == 5 and [t.seed for t in captured["train_tasks"]] == [
         1,
         2000000,
@@ -248,3 +263,36 @@ def test_cli_calibrate_refuses_eval_set_inside_a_training_range(tmp_path, capsys
                  "--train_task", train])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "`train_task[0]`" in err and "share 100" in err
+
+
+def test_self_labelled_rows_saved_and_reused_on_resume(tmp_path, monkeypatch, tiny_model, tokenizer):
+    """The self-labelled rows are saved in the stage's output directory; a resumed run reads them back instead of
+    generating again, and refuses rows of another task."""
+    import pcl.inference
+    import pcl.recipe
+    from pcl.fitted_baselines import load_fit_rows
+
+    calls = []
+    real_generate = pcl.inference.generate
+    monkeypatch.setattr(pcl.inference, "generate", lambda *a, **kw: calls.append(1) or real_generate(*a, **kw))
+    argv = ["--output_dir", str(tmp_path), "--stages.assess.task.size", "6", "--stages.assess.self_labelled.task.size",
+            "12", "--stages.assess.self_labelled.max_new_tokens", "3"]  # fmt: skip
+    _, stages = load_recipe(recipe("quickstart.yaml"), argv)
+    stage = stages[1]
+
+    def own_rows(data):
+        rows = data.filter(lambda r: r["self_assessment_only"])
+        return sorted(zip(rows["prompt"], rows["completion"], rows["reward"], strict=True))
+
+    first = own_rows(pcl.recipe._stage_dataset(stage, tiny_model, tokenizer))
+    saved = load_fit_rows(tmp_path / "assess" / "self_labelled.jsonl")
+    assert len(calls) == 1 and len(saved) == len(first) == 12
+    assert sorted((r["prompt"], r["completion"], r["reward"]) for r in saved) == first
+    assert all(set(r["difficulty"]) == {"num_terms", "num_digits"} for r in saved)
+    assert own_rows(pcl.recipe._stage_dataset(stage, tiny_model, tokenizer, resume=True)) == first
+    assert len(calls) == 1  # read back, not generated
+    pcl.recipe._stage_dataset(stage, tiny_model, tokenizer)  # a fresh (not resumed) run labels again
+    assert len(calls) == 2
+    _, moved = load_recipe(recipe("quickstart.yaml"), [*argv, "--stages.assess.self_labelled.task.seed", "5000000"])
+    with pytest.raises(ValueError, match="self-labelled rows of another task.*Delete the file"):
+        pcl.recipe._stage_dataset(moved[1], tiny_model, tokenizer, resume=True)
