@@ -121,7 +121,7 @@ class FittedBaselines:
         models (`dict[str, Any]`): Baseline name -> fitted model (refit on all fit rows).
         difficulty_names (`list[str]`): The prompt features the difficulty baseline reads (empty: not fitted).
         summary (`dict`): Rows, split, chosen hyper-parameters, validation Brier of each baseline, the best one on
-            validation, skipped baselines with the reason, fit time.
+            validation, baselines not fitted (`not_fitted`) with the reason, fit time.
     """
 
     models: dict[str, Any]
@@ -135,7 +135,7 @@ class FittedBaselines:
             if name == "difficulty":
                 if any(k not in d for d in difficulty for k in self.difficulty_names):
                     # Items of another task: the prompt features it was fit on do not exist there
-                    self.summary.setdefault("skipped", {})["difficulty"] = (
+                    self.summary.setdefault("not_fitted", {})["difficulty"] = (
                         f"some evaluated items lack the difficulty features {self.difficulty_names}"
                     )
                     continue
@@ -172,7 +172,7 @@ def fit_baselines(
     val = validation_split(y, validation_share, seed)
     f_fit, f_val = features.select(~val), features.select(val)
     y_fit, y_val = y[~val], y[val]
-    models, val_brier, chosen, skipped = {}, {}, {}, {}
+    models, val_brier, chosen, not_fitted = {}, {}, {}, {}
     for method, cls in SCALINGS.items():
         for source in SCALED_SOURCES:
             name = f"{method}_{source}"
@@ -189,7 +189,7 @@ def fit_baselines(
         chosen["difficulty"] = {"C": c, "features": names}
         models["difficulty"] = DifficultyBaseline(C=c).fit(x, y)
     else:
-        skipped["difficulty"] = "the fit rows have no numeric difficulty features"
+        not_fitted["difficulty"] = "the fit rows have no numeric difficulty features"
     summary = {
         "n_rows": len(y),
         "accuracy": float(y.mean()),
@@ -200,7 +200,7 @@ def fit_baselines(
         "chosen": chosen,
         "validation_brier": val_brier,
         "best_on_validation": min(val_brier, key=val_brier.get),
-        "skipped": skipped,
+        "not_fitted": not_fitted,
         "fit_s": time.perf_counter() - start,
     }
     return FittedBaselines(models, names, summary)

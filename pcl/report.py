@@ -124,7 +124,7 @@ def _baselines_section(m: dict[str, Any]) -> list[str]:
     lines = ["", "## Baselines fitted on PCL's labels", ""]
     f = m.get("fitted_baselines") or {"skipped": "not run"}
     if "n_rows" not in f:
-        lines.append(f"Skipped: {f['skipped']}. Only the single-pass sources are compared.")
+        lines.append(f"Skipped: {f['skipped']}. No baseline fitted on labels is compared.")
     else:
         chosen = "; ".join(
             f"{_name(k)}: " + ", ".join(f"{a} {v}" for a, v in c.items()) for k, c in f["chosen"].items()
@@ -138,8 +138,8 @@ def _baselines_section(m: dict[str, Any]) -> list[str]:
             f"baseline is then refit on all {f['n_rows']} rows. Chosen: {chosen or 'nothing'}. Best fitted baseline "
             f"on validation (Brier): {_name(f['best_on_validation'])}.",
         ]
-        if f.get("skipped"):
-            lines.append("Not fitted: " + "; ".join(f"{_name(k)}: {v}" for k, v in f["skipped"].items()) + ".")
+        if f.get("not_fitted"):
+            lines.append("Not fitted: " + "; ".join(f"{_name(k)}: {v}" for k, v in f["not_fitted"].items()) + ".")
         lines += ["", "| fitted baseline | validation Brier |", "|---|---|"]
         lines += [f"| {_name(k)} | {v:.4f} |" for k, v in f["validation_brier"].items()]
     sc = m.get("self_consistency") or {"k": 0}

@@ -84,12 +84,12 @@ def test_fit_baselines_on_synthetic_answers():
     assert auroc(q["difficulty"], y_test) > 0.7 and len(np.unique(q["difficulty"])) == 2  # one binary feature
     # items without the difficulty features: that baseline is left out, and the summary says why
     q = fitted.predict(test, [{}] * 2000)
-    assert "difficulty" not in q and "lack the difficulty features" in fitted.summary["skipped"]["difficulty"]
+    assert "difficulty" not in q and "lack the difficulty features" in fitted.summary["not_fitted"]["difficulty"]
 
 
 def test_difficulty_baseline_skipped_without_numeric_features():
     feats, y, _ = _synthetic(100, np.random.default_rng(1))
     fitted = fit_baselines(feats, y, [{"name": "chain_sum"}] * 100)
-    assert "difficulty" not in fitted.models and "no numeric difficulty" in fitted.summary["skipped"]["difficulty"]
+    assert "difficulty" not in fitted.models and "no numeric difficulty" in fitted.summary["not_fitted"]["difficulty"]
     with pytest.raises(ValueError, match="features of 100 answers but 99 labels"):
         fit_baselines(feats, y[:-1])
