@@ -23,7 +23,7 @@ import numpy as np
 from .baselines import self_consistency, single_pass_sources
 from .calibration import calibration_report
 from .features import answer_features
-from .fitted_baselines import FittedBaselines, fit_baselines, fit_labels, load_fit_rows
+from .fitted_baselines import FittedBaselines, fit_baselines, fit_labels, load_fit_rows, too_few_labels
 from .inference import generate, marker_leak_check
 from .items import difficulty_features, split_metrics, write_items
 from .marker import format_of, load_pcl_model
@@ -207,6 +207,8 @@ def _fit(b: _Bench, fit_rows) -> tuple[FittedBaselines | None, dict]:
         return None, {"skipped": "no fit rows given (`fit_rows=` / `pcl calibrate --fit_rows`)"}
     rows = load_fit_rows(fit_rows)
     labels = fit_labels(rows, b.normalize)
+    if (reason := too_few_labels(labels)) is not None:  # e.g. a model too weak to answer any correctly: a result
+        return None, {"skipped": reason}
     features = answer_features(b.model, b.tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
                                batch_size=b.batch_size, tokens=b.tokens, levels=False, show_progress=not b.quiet)  # fmt: skip
     fitted = fit_baselines(features, labels, [r.get("difficulty") or {} for r in rows])

@@ -78,13 +78,18 @@ def fit_labels(rows: Sequence[dict[str, Any]], normalize: Callable[[float], floa
             f"({bad.size} such rows): fitted baselines predict whether an answer is correct. Pass rows labelled by a "
             "0/1 verifier (e.g. `reward: task`), or no fit rows."
         )
+    return labels
+
+
+def too_few_labels(labels: np.ndarray) -> str | None:
+    """Why these labels cannot fit and validate a calibrator (fewer than 2 correct or 2 wrong answers), else None."""
     for value, name in ((1.0, "correct"), (0.0, "wrong")):
         if (labels == value).sum() < 2:
-            raise ValueError(
-                f"The {len(rows)} fit rows have {int((labels == value).sum())} {name} answers: fitting and validating "
-                "a calibrator needs at least 2 correct and 2 wrong ones. Label more answers."
+            return (
+                f"the {len(labels)} fit rows have {int((labels == value).sum())} {name} answers; fitting and "
+                "validating a calibrator needs at least 2 correct and 2 wrong ones"
             )
-    return labels
+    return None
 
 
 def validation_split(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -169,6 +174,8 @@ def fit_baselines(
     y = np.asarray(labels, dtype=np.float64)
     if len(features) != len(y):
         raise ValueError(f"Got features of {len(features)} answers but {len(y)} labels.")
+    if (reason := too_few_labels(y)) is not None:
+        raise ValueError(f"Cannot fit the baselines: {reason}. Label more answers.")
     val = validation_split(y, validation_share, seed)
     f_fit, f_val = features.select(~val), features.select(val)
     y_fit, y_val = y[~val], y[val]

@@ -269,6 +269,19 @@ def test_fit_rows_that_are_not_0_1_are_refused_before_generating(tmp_path, stub_
                         fit_rows=str(path), quiet=True)  # fmt: skip
 
 
+def test_too_few_labelled_answers_skip_the_fitted_baselines(tmp_path, stub_model):
+    """A model too weak to answer two questions right still gets its benchmark; the report says why no baseline was
+    fitted."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": " 1", "reward": float(i == 0)}) + "\n"
+                            for i, p in enumerate(FIT)))  # fmt: skip
+    metrics = run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", list(GOLD)), str(tmp_path / "out"),
+                              fit_rows=str(path), n_boot=0, quiet=True)  # fmt: skip
+    assert metrics["fitted_baselines"] == {"skipped": "the 40 fit rows have 1 correct answers; fitting and validating "
+                                                      "a calibrator needs at least 2 correct and 2 wrong ones"}  # fmt: skip
+    assert "Skipped: the 40 fit rows have 1 correct" in (tmp_path / "out" / "report.md").read_text()
+
+
 # Known samples: each prompt's k = 4 sampled answers, compared with the greedy answer as the JSONL verifier compares
 SAMPLES = {"1 + 1 =": ["2", " 2 ", "2.0", "3"], "2 + 2 =": ["4"] * 4, "3 + 3 =": ["6", "6", "7", "8"],
            "4 + 4 =": ["9"] * 4, "5 + 5 =": ["11", "10", "11", "11"], "6 + 6 =": ["12", "x", "y", "z"]}  # fmt: skip

@@ -13,6 +13,7 @@ from pcl.fitted_baselines import (
     fit_baselines,
     fit_labels,
     load_fit_rows,
+    too_few_labels,
     validation_split,
     write_fit_rows,
 )
@@ -41,8 +42,10 @@ def test_fit_labels():
                                   [1, 0, 1, 0])  # fmt: skip
     with pytest.raises(ValueError, match="reward 0.5, not 0/1 correctness"):
         fit_labels([*rows, {"reward": 0.5}], float)
-    with pytest.raises(ValueError, match="1 wrong answers"):
-        fit_labels([{"reward": r} for r in (1.0, 1.0, 0.0)], float)
+    assert too_few_labels(np.array([1.0, 1.0, 0.0, 0.0])) is None
+    assert "1 wrong answers" in too_few_labels(fit_labels([{"reward": r} for r in (1.0, 1.0, 0.0)], float))
+    with pytest.raises(ValueError, match="Cannot fit the baselines: the 3 fit rows have 1 wrong answers"):
+        fit_baselines(AnswerFeatures(hidden=np.zeros((3, 2))), np.array([1.0, 1.0, 0.0]))
 
 
 def test_validation_split_is_stratified_and_seeded():
