@@ -201,19 +201,17 @@ class _Bench:
         return make_reward_func(task) if self.reward == "task" else resolve_reward_func(self.reward)
 
 
-def _fit(b: _Bench, fit_rows) -> tuple[FittedBaselines | None, dict]:
+def _fit(b: _Bench, rows: list[dict] | None, paths) -> tuple[FittedBaselines | None, dict]:
     """The fitted baselines, on the evaluated model's features over the fit rows only (no evaluation item exists yet)."""
-    if not fit_rows:
+    if not rows:
         return None, {"skipped": "no fit rows given (`fit_rows=` / `pcl calibrate --fit_rows`)"}
-    rows = load_fit_rows(fit_rows)
     labels = fit_labels(rows, b.normalize)
     if (reason := too_few_labels(labels)) is not None:  # e.g. a model too weak to answer any correctly: a result
         return None, {"skipped": reason}
     features = answer_features(b.model, b.tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
                                batch_size=b.batch_size, tokens=b.tokens, levels=False, show_progress=not b.quiet)  # fmt: skip
     fitted = fit_baselines(features, labels, [r.get("difficulty") or {} for r in rows])
-    paths = [fit_rows] if isinstance(fit_rows, (str, os.PathLike)) else list(fit_rows)
-    fitted.summary["paths"] = [str(p) for p in paths]
+    fitted.summary["paths"] = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     return fitted, fitted.summary
 
 
@@ -261,7 +259,7 @@ def run_calibration(
 
     `fit_rows` (JSONL files of `prompt`, `completion`, `reward`, e.g. the `self_labelled.jsonl` that trained PCL's
     score) adds the baselines fitted on those labels (`pcl.fitted_baselines`), fit before any evaluation item is
-    generated. `self_consistency_k > 0` adds k-sample self-consistency (k sampled answers per item, k times the
+    generated; evaluation questions among the fit rows' prompts count as seen. `self_consistency_k > 0` adds k-sample self-consistency (k sampled answers per item, k times the
     generation cost, which the report states).
     """
     if self_consistency_k < 0 or self_consistency_k == 1:
@@ -269,7 +267,10 @@ def run_calibration(
     model, tokenizer, tokens = load_pcl_model(model_dir)
     b = _Bench(model, tokenizer, tokens, format_of(model).normalize, reward, max_new_tokens, batch_size, quiet,
                None, self_consistency_k)  # fmt: skip
-    b.fitted, fitted_summary = _fit(b, fit_rows)
+    rows = load_fit_rows(fit_rows) if fit_rows else None
+    b.fitted, fitted_summary = _fit(b, rows, fit_rows)
+    if rows:  # labelled questions are training data: evaluation items among them count as seen
+        train_prompts = [*(train_prompts or []), *(r["prompt"] for r in rows)]
     data, n_duplicates = _eval_set(task, train_prompts)
     items, gens, written, t = _evaluate_split(b, "heldout", task, data, timed=True)
     metrics = {

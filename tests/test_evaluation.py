@@ -230,6 +230,7 @@ def test_fitted_baselines_fit_on_fit_rows_only(tmp_path, stub_model, monkeypatch
                               train_prompts=["2 + 2 ="], shifted_task=shifted, fit_rows=path, n_boot=20,
                               quiet=True)  # fmt: skip
     summary = metrics["fitted_baselines"]
+    assert metrics["n_seen_in_training"] == 1  # "2 + 2 =" only: no fit row asks an evaluation question
     assert (
         summary["n_rows"] == 40 and summary["n_fit"] + summary["n_validation"] == 40 and summary["n_validation"] >= 2
     )
@@ -280,6 +281,16 @@ def test_too_few_labelled_answers_skip_the_fitted_baselines(tmp_path, stub_model
     assert metrics["fitted_baselines"] == {"skipped": "the 40 fit rows have 1 correct answers; fitting and validating "
                                                       "a calibrator needs at least 2 correct and 2 wrong ones"}  # fmt: skip
     assert "Skipped: the 40 fit rows have 1 correct" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_evaluation_questions_among_fit_rows_count_as_seen(tmp_path, stub_model):
+    path = _fit_rows(tmp_path / "rows.jsonl")
+    with open(path, "a") as f:  # one labelled question is also an evaluation question
+        f.write(json.dumps({"prompt": "3 + 3 =", "completion": " 6", "reward": 1.0}) + "\n")
+    metrics = run_calibration("stub", _jsonl(tmp_path / "eval.jsonl", list(GOLD)), str(tmp_path / "out"),
+                              fit_rows=path, n_boot=0, quiet=True)  # fmt: skip
+    assert metrics["n_seen_in_training"] == 1 and metrics["fitted_baselines"]["n_rows"] == 41
+    assert [r["prompt"] for r in load_items(tmp_path / "out" / "items.jsonl") if r["seen"]] == ["3 + 3 ="]
 
 
 # Known samples: each prompt's k = 4 sampled answers, compared with the greedy answer as the JSONL verifier compares
