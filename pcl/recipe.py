@@ -13,6 +13,7 @@ stages:
 calibrate:
   task: {name: chain_sum, size: 1000, seed: 2000000}
   shifted_task: {name: chain_sum, size: 500, seed: 3000000, config: {min_terms: 7, max_terms: 8}}  # optional, harder
+  self_consistency_k: 8  # optional: k-sample self-consistency as a baseline (k times the generation)
 overlap_tolerance: 0.01  # optional (default 0.01): share of a set's distinct prompts that may repeat in another
 ```
 
@@ -21,6 +22,11 @@ stage starts from the previous stage's output directory. Command-line flags over
 trainer option for every stage that has it, `--a.b.c value` sets a nested recipe key (e.g.
 `--stages.sft.args.max_steps 10` or `--calibrate.task.size 200`); `--stages.NAME null` drops a stage and
 `--stages.NAME "{trainer: grpo, task: {...}}"` adds one.
+
+An SFT stage with `self_labelled: {task: ..., max_new_tokens: ...}` adds the current model's own greedy answers on
+that task, scored by the stage's reward, as rows that train the score only; it saves them as `self_labelled.jsonl` in
+its output directory (a resumed run reads them back instead of generating again), and the benchmark fits its baselines
+on those same labelled answers (`pcl.fitted_baselines`).
 
 Every dataset the recipe builds (each stage's task, each self-labelled set, the calibration sets) must be disjoint from
 the others: `load_recipe` refuses reasoning-gym sets whose index ranges `[seed, seed + size)` intersect, and
