@@ -174,12 +174,21 @@ def pytest_sessionstart(session):
     _META["started"] = time.time()
 
 
-def pytest_sessionfinish(session, exitstatus):
+def _write(finished: bool) -> None:
+    """Write the outcomes so far (after every test too, so a run killed by the overall timeout still reports)."""
     out = os.environ.get("TRL_SUITE_OUT")
     if not out:
         return
     for record in _RESULTS.values():
         if "error" in record and record["outcome"] in ("failed", "error"):
             record["cause"] = cause_key(record["error"])
-    _META["wall_s"] = round(time.time() - _META.pop("started"), 1)
-    Path(out).write_text(json.dumps({"meta": _META, "tests": _RESULTS}, indent=1, sort_keys=True))
+    meta = {**_META, "finished": finished, "wall_s": round(time.time() - _META["started"], 1)}
+    Path(out).write_text(json.dumps({"meta": meta, "tests": _RESULTS}, indent=1, sort_keys=True))
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _write(finished=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _write(finished=True)
