@@ -8,9 +8,11 @@ tokenizer). They are written in the Hugging Face Hub cache layout, so `from_pret
 resolves them with `HF_HUB_OFFLINE=1` for every class (Auto*, the trainers' own string loading) without patching.
 """
 
+import ast
+import codecs
+import importlib.util
 import json
 import string
-import this
 from pathlib import Path
 
 import torch
@@ -36,7 +38,16 @@ from transformers import (
 STANDIN_VERSION = "1"
 _REVISION = "0" * 39 + STANDIN_VERSION  # a fixed commit hash for the Hub cache layout
 _TEMPLATES = Path(trl.__file__).parent / "chat_templates"
-ZEN_LINES = [line for line in "".join(this.d.get(c, c) for c in this.s).splitlines()[2:] if line]
+
+
+def _zen_of_python() -> list[str]:
+    """The aphorisms of the Zen of Python, read from the `this` module's source (importing it prints them)."""
+    source = Path(importlib.util.find_spec("this").origin).read_text()
+    assign = next(node for node in ast.parse(source).body if isinstance(node, ast.Assign))
+    return [line for line in codecs.decode(ast.literal_eval(assign.value), "rot13").splitlines()[2:] if line]
+
+
+ZEN_LINES = _zen_of_python()
 
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 _QWEN3_SPECIALS = [*_QWEN_SPECIALS, "<think>", "</think>", "<tool_response>", "</tool_response>"]
@@ -136,11 +147,19 @@ def _llama(tok, cls):
 # Hub id -> (tokenizer family, config builder, model class)
 MODELS = {
     "trl-internal-testing/tiny-Qwen2ForCausalLM-2.5": ("qwen2.5", _qwen2, Qwen2ForCausalLM),
-    "trl-internal-testing/tiny-Qwen2ForSequenceClassification-2.5": ("qwen2.5", _qwen2, Qwen2ForSequenceClassification),
+    "trl-internal-testing/tiny-Qwen2ForSequenceClassification-2.5": (
+        "qwen2.5",
+        _qwen2,
+        Qwen2ForSequenceClassification,
+    ),
     "trl-internal-testing/tiny-Qwen3ForCausalLM": ("qwen3", _qwen3, Qwen3ForCausalLM),
     "trl-internal-testing/tiny-Qwen3ForSequenceClassification": ("qwen3", _qwen3, Qwen3ForSequenceClassification),
     "trl-internal-testing/tiny-Qwen3MoeForCausalLM": ("qwen3", _qwen3_moe, Qwen3MoeForCausalLM),
-    "trl-internal-testing/tiny-LlamaForSequenceClassification-3.2": ("llama3.2", _llama, LlamaForSequenceClassification),
+    "trl-internal-testing/tiny-LlamaForSequenceClassification-3.2": (
+        "llama3.2",
+        _llama,
+        LlamaForSequenceClassification,
+    ),
 }
 
 
