@@ -1,7 +1,9 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Compare a `stock` and a `pcl` run of TRL's trainer tests: what passes with TRL's classes and fails with PCL's.
 
-    python benchmarks/trl_suite/compare.py stock.json pcl.json [--out benchmarks/results/trl_suite.json]
+    python benchmarks/trl_suite/compare.py --stock stock.json --pcl pcl.json [--out benchmarks/results/trl_suite.json]
+
+Several files per side are merged (e.g. the two test classes run as separate processes).
 
 Prints the regressions (passed with stock, did not pass with PCL) grouped by cause, the first line of the error with
 numbers and quoted values blanked, and writes them with every test's pair of outcomes to `--out`.
@@ -77,8 +79,16 @@ def print_report(result: dict) -> None:
         print(f"[{group['count']:3d}] {group['cause']}")
 
 
-def compare_files(stock_path: Path, pcl_path: Path, out: Path | None) -> dict:
-    result = compare(json.loads(stock_path.read_text()), json.loads(pcl_path.read_text()))
+def merge(paths: list[Path]) -> dict:
+    """One outcome file from several runs of the same classes (a test in two files: the later file wins)."""
+    results = [json.loads(path.read_text()) for path in paths]
+    tests = {nodeid: record for result in results for nodeid, record in result["tests"].items()}
+    meta = results[0]["meta"] if len(results) == 1 else {"runs": [r["meta"] for r in results]}
+    return {"meta": meta, "tests": tests}
+
+
+def compare_files(stock_paths: list[Path], pcl_paths: list[Path], out: Path | None) -> dict:
+    result = compare(merge(stock_paths), merge(pcl_paths))
     print_report(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +99,8 @@ def compare_files(stock_path: Path, pcl_path: Path, out: Path | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stock", type=Path, help="outcomes of the run with TRL's classes")
-    parser.add_argument("pcl", type=Path, help="outcomes of the run with PCL's classes")
+    parser.add_argument("--stock", type=Path, nargs="+", required=True, help="outcomes with TRL's classes")
+    parser.add_argument("--pcl", type=Path, nargs="+", required=True, help="outcomes with PCL's classes")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "trl_suite.json")
     args = parser.parse_args()
     compare_files(args.stock, args.pcl, args.out)

@@ -127,7 +127,7 @@ def main() -> None:
         run_suite(args, classes, out)
     from compare import compare_files  # noqa: E402 (this folder is on sys.path when run as a script)
 
-    compare_files(outs["stock"], outs["pcl"], args.compare_out)
+    compare_files([outs["stock"]], [outs["pcl"]], args.compare_out)
 
 
 if __name__ == "__main__":
