@@ -7,7 +7,7 @@ import pytest
 from trl.data_utils import is_conversational
 
 from benchmarks.trl_suite import plugin, standin_data, standins
-from benchmarks.trl_suite.compare import compare
+from benchmarks.trl_suite.compare import compare, merge
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +89,13 @@ def test_compare_reports_only_stock_passes_that_fail_with_pcl_grouped_by_cause()
     [group] = result["regressions_by_cause"]
     assert group["cause"] == "ValueError: Reward # is outside '…'" and group["tests"] == ["a", "b"]
     assert [g["tests"] for g in result["stock_failures_by_cause"]] == [["c"]]
+
+
+def test_a_pcl_rerun_can_reuse_the_stock_side_of_an_earlier_comparison(tmp_path):
+    stock = {"meta": {"classes": "stock"}, "tests": {"a": {"outcome": "passed"}, "b": {"outcome": "failed"}}}
+    stock["tests"]["b"] |= {"error": "OSError: offline", "cause": "OSError: offline"}
+    pcl = {"meta": {"classes": "pcl"}, "tests": {"a": {"outcome": "failed", "error": "E: x", "cause": "E: x"}}}
+    earlier = tmp_path / "trl_suite.json"
+    earlier.write_text(json.dumps(compare(stock, pcl)))
+    assert merge([earlier], "stock") == stock
+    assert merge([earlier], "pcl") == pcl

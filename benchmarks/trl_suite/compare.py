@@ -3,7 +3,8 @@
 
     python benchmarks/trl_suite/compare.py --stock stock.json --pcl pcl.json [--out benchmarks/results/trl_suite.json]
 
-Several files per side are merged (e.g. the two test classes run as separate processes).
+Several files per side are merged (e.g. the two test classes run as separate processes); `--stock` may also be an
+earlier comparison (`benchmarks/results/trl_suite.json`), whose stock side is then reused.
 
 Prints the regressions (passed with stock, did not pass with PCL) grouped by cause, the first line of the error with
 numbers and quoted values blanked, and writes them with every test's pair of outcomes to `--out`.
@@ -79,16 +80,32 @@ def print_report(result: dict) -> None:
         print(f"[{group['count']:3d}] {group['cause']}")
 
 
-def merge(paths: list[Path]) -> dict:
-    """One outcome file from several runs of the same classes (a test in two files: the later file wins)."""
-    results = [json.loads(path.read_text()) for path in paths]
+def one_side(result: dict, run: str) -> dict:
+    """The `run` ("stock" or "pcl") outcomes of a comparison file, as an outcome file; an outcome file unchanged."""
+    if "summary" not in result:
+        return result
+    tests = {}
+    for nodeid, record in result["tests"].items():
+        if record[run] != "not run":
+            tests[nodeid] = {"outcome": record[run]}
+            tests[nodeid] |= {key: record[f"{run}_{key}"] for key in ("error", "cause") if f"{run}_{key}" in record}
+    return {"meta": result["meta"][run], "tests": tests}
+
+
+def merge(paths: list[Path], run: str) -> dict:
+    """One outcome file from several runs of the same classes (a test in two files: the later file wins).
+
+    A file may also be an earlier comparison (`trl_suite.json`): its `run` side is used, so a PCL rerun can be
+    compared with the stock outcomes already recorded instead of running the stock suite again.
+    """
+    results = [one_side(json.loads(path.read_text()), run) for path in paths]
     tests = {nodeid: record for result in results for nodeid, record in result["tests"].items()}
     meta = results[0]["meta"] if len(results) == 1 else {"runs": [r["meta"] for r in results]}
     return {"meta": meta, "tests": tests}
 
 
 def compare_files(stock_paths: list[Path], pcl_paths: list[Path], out: Path | None) -> dict:
-    result = compare(merge(stock_paths), merge(pcl_paths))
+    result = compare(merge(stock_paths, "stock"), merge(pcl_paths, "pcl"))
     print_report(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,11 @@ TRL's tests are read from `--trl-tests` (a checkout of the huggingface/trl repos
 not part of this repository) and copied into a scratch folder for each run. The Hub models and datasets they load
 are replaced by local stand-ins built once into `--cache`. `--pcl-path` points the `pcl` run at another PCL checkout
 (it goes first on PYTHONPATH). `--classes both` runs both suites and then `compare.py`, writing
-`benchmarks/results/trl_suite.json`.
+`benchmarks/results/trl_suite.json`. The stock outcomes do not depend on PCL, so a rerun against new PCL code can
+reuse them:
+
+    python benchmarks/trl_suite/run.py --trl-tests /work/trl-src/tests --classes pcl --out /tmp/pcl.json \\
+        --stock-from benchmarks/results/trl_suite.json
 """
 
 import argparse
@@ -112,6 +116,12 @@ def main() -> None:
     parser.add_argument("--total-timeout", type=int, default=4 * 3600, help="seconds per suite")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the pytest process (0: not reniced)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
+    parser.add_argument(
+        "--stock-from",
+        type=Path,
+        nargs="+",
+        help="with --classes pcl: compare with these stock outcomes (outcome files or an earlier trl_suite.json)",
+    )
     parser.add_argument("--compare-out", type=Path, default=HARNESS_ROOT / "benchmarks" / "results" / "trl_suite.json")
     args = parser.parse_args()
     if not (args.trl_tests / "test_grpo_trainer.py").exists():
@@ -119,7 +129,12 @@ def main() -> None:
 
     build_standins(args.cache.resolve())
     if args.classes != "both":
-        run_suite(args, args.classes, args.out or Path(f"trl_suite_{args.classes}.json"))
+        out = args.out or Path(f"trl_suite_{args.classes}.json")
+        run_suite(args, args.classes, out)
+        if args.classes == "pcl" and args.stock_from:
+            from compare import compare_files  # noqa: E402 (this folder is on sys.path when run as a script)
+
+            compare_files(args.stock_from, [out], args.compare_out)
         return
     folder = args.out or args.cache.resolve() / "results"
     outs = {classes: folder / f"{classes}.json" for classes in ("stock", "pcl")}
