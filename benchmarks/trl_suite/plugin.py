@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -110,6 +111,12 @@ def _fill_missing_trl_names(test_files: list[str]) -> None:
 
 
 _fill_missing_trl_names([f for f in os.environ.get("TRL_SUITE_TESTS", "").split(os.pathsep) if f])
+
+
+@pytest.fixture
+def lazy_shared_datadir(request, tmp_path):
+    """pytest-datadir's fixture (not installed here): a copy of the `data` folder beside the test module."""
+    return Path(shutil.copytree(Path(request.path).parent / "data", tmp_path / "data"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
