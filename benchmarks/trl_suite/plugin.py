@@ -153,6 +153,7 @@ def first_line(text: str) -> str:
 def cause_key(line: str) -> str:
     """The cause with numbers and quoted values blanked, so the same check on different values groups together."""
     line = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", line)
+    line = re.sub(r"\[[^\]]*\]", "[…]", line)  # lists of columns, shapes
     return re.sub(r"'[^']*'", "'…'", line)
 
 
