@@ -12,8 +12,16 @@ numbers and quoted values blanked, and writes them with every test's pair of out
 
 import argparse
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
+
+
+def cause_key(line: str) -> str:
+    """The cause with numbers and quoted values blanked, so the same check on different values groups together."""
+    line = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", line)
+    line = re.sub(r"\[[^\]]*\]", "[…]", line)  # lists of columns, shapes
+    return re.sub(r"'[^']*'", "'…'", line)
 
 
 def _group(tests: dict[str, dict], run: str) -> list[dict]:
@@ -21,7 +29,8 @@ def _group(tests: dict[str, dict], run: str) -> list[dict]:
     groups: dict[str, list[str]] = defaultdict(list)
     examples: dict[str, str] = {}
     for nodeid, record in sorted(tests.items()):
-        cause = record.get(f"{run}_cause") or record.get(f"{run}_error") or f"({record[run]} without a message)"
+        error = record.get(f"{run}_error")
+        cause = cause_key(error) if error else f"({record[run]} without a message)"
         groups[cause].append(nodeid)
         examples.setdefault(cause, record.get(f"{run}_error", ""))
     ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
@@ -36,9 +45,8 @@ def compare(stock: dict, pcl: dict) -> dict:
         for run, result in (("stock", stock), ("pcl", pcl)):
             outcome = result["tests"].get(nodeid, {"outcome": "not run"})
             record[run] = outcome["outcome"]
-            for key in ("error", "cause"):
-                if key in outcome:
-                    record[f"{run}_{key}"] = outcome[key]
+            if "error" in outcome:
+                record[f"{run}_error"] = outcome["error"]
         tests[nodeid] = record
     both_ran = {n: r for n, r in tests.items() if "not run" not in (r["stock"], r["pcl"])}
     regressions = {n: r for n, r in both_ran.items() if r["stock"] == "passed" and r["pcl"] != "passed"}
@@ -88,7 +96,8 @@ def one_side(result: dict, run: str) -> dict:
     for nodeid, record in result["tests"].items():
         if record[run] != "not run":
             tests[nodeid] = {"outcome": record[run]}
-            tests[nodeid] |= {key: record[f"{run}_{key}"] for key in ("error", "cause") if f"{run}_{key}" in record}
+            if f"{run}_error" in record:
+                tests[nodeid]["error"] = record[f"{run}_error"]
     return {"meta": result["meta"][run], "tests": tests}
 
 

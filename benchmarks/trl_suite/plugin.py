@@ -18,7 +18,6 @@ import ast
 import importlib
 import json
 import os
-import re
 import shutil
 import signal
 import time
@@ -150,13 +149,6 @@ def first_line(text: str) -> str:
     return ""
 
 
-def cause_key(line: str) -> str:
-    """The cause with numbers and quoted values blanked, so the same check on different values groups together."""
-    line = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", line)
-    line = re.sub(r"\[[^\]]*\]", "[…]", line)  # lists of columns, shapes
-    return re.sub(r"'[^']*'", "'…'", line)
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -187,9 +179,6 @@ def _write(finished: bool) -> None:
     out = os.environ.get("TRL_SUITE_OUT")
     if not out:
         return
-    for record in _RESULTS.values():
-        if "error" in record and record["outcome"] in ("failed", "error"):
-            record["cause"] = cause_key(record["error"])
     meta = {**_META, "finished": finished, "wall_s": round(time.time() - _META["started"], 1)}
     Path(out).write_text(json.dumps({"meta": meta, "tests": _RESULTS}, indent=1, sort_keys=True))
 
