@@ -54,10 +54,6 @@ def load_dataset(path, name=None, *args, split=None, streaming=False, **kwargs):
     return _original_load_dataset("parquet", data_files=configs[name], split=split, streaming=streaming)
 
 
-datasets.load_dataset = load_dataset
-datasets.load.load_dataset = load_dataset
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Classes: swap PCL's in before the test modules run `from trl import ...`
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,12 +71,6 @@ def _swap_classes() -> None:
     for name, cls in swaps.items():
         setattr(trl, name, cls)
     _META["pcl_file"] = pcl.__file__
-
-
-if CLASSES == "pcl":
-    _swap_classes()
-elif CLASSES != "stock":
-    raise ValueError(f"TRL_SUITE_CLASSES must be 'stock' or 'pcl', got {CLASSES!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,7 +99,15 @@ def _fill_missing_trl_names(test_files: list[str]) -> None:
                         _META["missing_trl_names"].append(f"{node.module}.{alias.name}")
 
 
-_fill_missing_trl_names([f for f in os.environ.get("TRL_SUITE_TESTS", "").split(os.pathsep) if f])
+def pytest_configure(config):
+    """Patch before collection, i.e. before the test modules run their `from datasets/trl import ...` lines."""
+    if CLASSES not in ("stock", "pcl"):
+        raise ValueError(f"TRL_SUITE_CLASSES must be 'stock' or 'pcl', got {CLASSES!r}")
+    datasets.load_dataset = load_dataset
+    datasets.load.load_dataset = load_dataset
+    if CLASSES == "pcl":
+        _swap_classes()
+    _fill_missing_trl_names([f for f in os.environ.get("TRL_SUITE_TESTS", "").split(os.pathsep) if f])
 
 
 @pytest.fixture
