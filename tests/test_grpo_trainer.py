@@ -1,5 +1,6 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -38,11 +39,21 @@ def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config)
     return trainer
 
 
-def rollout(trainer, seed=0):
-    """Parent GRPO output for one generation batch, and the same batch with PCL's segments appended."""
+def rollout(trainer, seed=0, end_at_eos=True):
+    """Parent GRPO output for one generation batch, and the same batch with PCL's segments appended.
+
+    With `end_at_eos`, rows the length limit cut are closed with EOS instead (a model that ends its answers at EOS, as
+    every model does before PCL training), so each batch has rows ending at the marker, at EOS, and truncated.
+    """
     batch = next(iter(trainer.get_train_dataloader()))
     torch.manual_seed(seed)
     plain = GRPOTrainer._generate_and_score_completions(trainer, batch)
+    if end_at_eos:
+        tokens = trainer.segment_tokens
+        for i, ids in enumerate(trainer._pcl_completion_ids):
+            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids) and i % 2 == 0:
+                ids[-1] = tokens.eos_id
+                plain["completion_ids"][i, len(ids) - 1] = tokens.eos_id
     pcl = {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in plain.items()}
     trainer._append_segments(pcl)
     return plain, pcl
@@ -91,27 +102,50 @@ class TestSegmentLayout:
         assert trainer.vllm_generation.generation_kwargs["stop_token_ids"] == [5, trainer.segment_tokens.marker_id]
 
     def test_segments_carry_true_reward_and_stay_out_of_policy_loss(self, model_dir, tokenizer, tmp_path):
-        trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_prefix="s:")
-        plain, pcl = rollout(trainer)
+        seen = {}
+
+        def reward(completions, **kwargs):
+            # Mixed rewards, and a record of what each completion was scored
+            values = [float(len(c) % 2) for c in completions]
+            seen.update(zip(completions, values, strict=True))
+            return values
+
+        trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=reward, self_assessment_prefix="s:")
+        originals = None
+        batch = next(iter(trainer.get_train_dataloader()))
+        torch.manual_seed(0)
+        plain = GRPOTrainer._generate_and_score_completions(trainer, batch)
+        originals = [list(ids) for ids in trainer._pcl_completion_ids]
+        pcl = {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in plain.items()}
+        trainer._append_segments(pcl)
         tokens = trainer.segment_tokens
-        rewarded = 0
-        for i, ids in enumerate(trainer._pcl_completion_ids):
+        ends = {"marker": 0, "eos": 0}
+        for i, ids in enumerate(originals):
             row = pcl["completion_ids"][i].tolist()
-            assert row[: len(ids)] == ids
             assert torch.equal(pcl["completion_mask"][i, : len(ids)], plain["completion_mask"][i, : len(ids)])
-            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids):  # truncated: no segment
+            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids):  # truncated: no segment, row unchanged
+                assert row[: len(ids)] == ids
                 assert pcl["self_assessment_target"][i] == -1 and not pcl["self_assessment_mask"][i].any()
                 continue
-            rewarded += 1
-            level = round(trainer._pcl_targets[i] * 9)
-            head = [] if ids[-1] == tokens.marker_id else [tokens.marker_id]
-            segment = head + tokens.assessment_ids(level)
+            # The level comes from the reward function's own value for this completion, not from the trainer
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            level = round(seen[text] * 9)
+            segment = tokens.assessment_ids(level)
+            # Rows ending at EOS end at the marker instead: the score sits where the readout reads it
+            assert row[: len(ids)] == ids[:-1] + [tokens.marker_id]
             span = slice(len(ids), len(ids) + len(segment))
             assert row[span] == segment
             assert pcl["tool_mask"][i, span].sum() == 0 and pcl["completion_mask"][i, span].all()
-            assert pcl["self_assessment_mask"][i].sum() == len(segment) - len(head)
+            assert pcl["tool_mask"][i, len(ids) - 1] == 1  # the stop is a policy token
+            nll = pcl["self_assessment_mask"][i]
+            stop_replaced = ids[-1] != tokens.marker_id
+            assert nll[span].all() and nll.sum() == len(segment) + stop_replaced
+            assert nll[len(ids) - 1] == stop_replaced  # teach the stop: log p(MARKER) joins the segment NLL
+            assert pcl["self_assessment_stop_index"][i] == (len(ids) - 1 if stop_replaced else -1)
+            assert pcl["self_assessment_stop_id"][i] == (ids[-1] if stop_replaced else -1)
             assert pcl["self_assessment_target"][i] == level
-        assert rewarded > 0
+            ends["eos" if stop_replaced else "marker"] += 1
+        assert ends["marker"] + ends["eos"] > 0
         assert pcl["num_items_in_batch"] == plain["num_items_in_batch"]  # the policy's token count is unchanged
 
 
@@ -131,7 +165,7 @@ def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_t
         self_assessment_weight=0.0,
     )  # fmt: skip
     plain, pcl = rollout(trainer)
-    assert pcl["self_assessment_mask"].any()
+    assert pcl["self_assessment_mask"].any() and (pcl["self_assessment_stop_index"] >= 0).any()
     with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
         for p in trainer.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -206,10 +240,81 @@ class TestGeneratedMode:
         assert "self_assessment/consistency" in logs and "self_assessment/frac_with_segment" in logs
 
 
-def test_out_of_range_reward_is_refused(model_dir, tokenizer, tmp_path):
-    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=lambda completions, **kw: [3.0] * len(completions))
+def test_out_of_range_reward_is_refused_with_a_declared_range(model_dir, tokenizer, tmp_path):
+    reward = lambda completions, **kw: [3.0] * len(completions)  # noqa: E731
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=reward, self_assessment_reward_range=[0.0, 1.0])
     with pytest.raises(ValueError, match="outside the declared `self_assessment_reward_range`"):
         trainer.train()
+
+
+def reward_model(tokenizer, seed=1):
+    """A tiny sequence-classification reward model: raw scores of either sign, like a real one."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.mul_(50.0)  # scores of several units, both signs
+    return model
+
+
+def length_reward(completions, **kwargs):
+    return [len(c) - 4.0 for c in completions]  # outside [0, 1]: a running range
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_rewards_of_any_scale_train(model_dir, tokenizer, tmp_path, cls):
+    """Reward models with negative scores and summed rewards outside [0, 1] train like with the stock trainer."""
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else __import__("trl").GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        reward_weights=[1.0, 2.0, 0.5],
+    ))  # fmt: skip
+    trainer = cls(
+        model_dir, [reward_model(tokenizer), parity_reward, length_reward], args=args,
+        train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer,
+        reward_processing_classes=[tokenizer, None, None],
+    )  # fmt: skip
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_auto_targets_computed_from_the_reward_functions(model_dir, tokenizer, tmp_path):
+    """The target of each row, from the reward functions' own values: sigmoid of a reward model's score, a callable
+    in [0, 1] as it is, one outside by its running range, the weighted sum normalised by the weights' bounds."""
+    rm = reward_model(tokenizer)
+    scores, lengths = [], []
+    rm.register_forward_hook(lambda m, a, out: scores.append(out.logits[:, 0].detach().clone()))
+
+    def length(completions, **kwargs):
+        lengths.extend(len(c) - 4.0 for c in completions)
+        return [len(c) - 4.0 for c in completions]
+
+    weights = [1.0, 2.0, 0.5]
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=1,
+        reward_weights=weights, log_completions=False,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, [rm, parity_reward, length], args=args, train_dataset=Dataset.from_list(PROMPTS),
+        processing_class=tokenizer, reward_processing_classes=[tokenizer, None, None],
+    )  # fmt: skip
+    trainer.model.train()
+    _, pcl = rollout(trainer, end_at_eos=False)
+    texts = tokenizer.batch_decode(trainer._pcl_completion_ids, skip_special_tokens=True)
+    score = torch.cat(scores)
+    assert (score < 0).any() and (score > 1).any()  # the reward model's scores leave [0, 1] on both sides
+    lo, hi = min(0.0, *lengths), max(1.0, *lengths)
+    for i, text in enumerate(texts):
+        mapped = [torch.sigmoid(score[i]).item(), float(len(text) % 2), (lengths[i] - lo) / (hi - lo)]
+        expected = sum(w * m for w, m in zip(weights, mapped, strict=True)) / sum(weights)
+        assert trainer._pcl_targets[i] == pytest.approx(expected, abs=1e-6)
+        if pcl["self_assessment_target"][i] >= 0:
+            assert pcl["self_assessment_target"][i] == round(expected * 9)
 
 
 def test_marker_in_prompts_is_refused(model_dir, tokenizer, tmp_path):
