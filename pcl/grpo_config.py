@@ -1,6 +1,6 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from trl import GRPOConfig
 
@@ -36,8 +36,23 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
         },
     )
 
+    @classmethod
+    def from_grpo_config(cls, args: GRPOConfig) -> "PCLGRPOConfig":
+        """A recipe's plain `GRPOConfig` as a `PCLGRPOConfig` with PCL's defaults, every value (derived ones too)
+        kept exactly as the parent trainer would read it."""
+        new = cls.__new__(cls)
+        new.__dict__.update(args.__dict__)
+        for f in fields(cls):
+            if f.name not in new.__dict__:
+                setattr(new, f.name, f.default_factory() if f.default is MISSING else f.default)
+        new._validate_pcl()
+        return new
+
     def __post_init__(self):
         super().__post_init__()
+        self._validate_pcl()
+
+    def _validate_pcl(self) -> None:
         self._validate_self_assessment()
         if self.self_assessment_mode not in ("teacher_forced", "generated", "both"):
             raise ValueError(

@@ -3,7 +3,7 @@
 import math
 
 import torch
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.trainer import grpo_trainer as grpo_module
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
@@ -84,6 +84,8 @@ class PCLGRPOTrainer(GRPOTrainer):
         processing_class=None,
         **kwargs,
     ):
+        if isinstance(args, GRPOConfig) and not isinstance(args, PCLGRPOConfig):
+            args = PCLGRPOConfig.from_grpo_config(args)
         args, processing_class = resolve_args_and_tokenizer(
             model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, padding_side="left"
         )

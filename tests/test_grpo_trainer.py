@@ -357,9 +357,99 @@ def test_conversational_prompts(model_dir, tokenizer, tmp_path):
     assert "self_assessment/frac_with_segment" in trainer.state.log_history[0]
 
 
-def test_args_must_be_a_pcl_config(model_dir, tokenizer, tmp_path):
-    from trl import GRPOConfig
+@pytest.mark.parametrize("args_cls", ["GRPOConfig", "TrainingArguments"])
+def test_plain_trl_args_are_converted(model_dir, tokenizer, tmp_path, args_cls):
+    """A recipe's `GRPOConfig` (or `TrainingArguments`) keeps its values and gets PCL's defaults."""
+    import transformers
+    import trl
 
-    args = GRPOConfig(output_dir=str(tmp_path), bf16=False)
-    with pytest.raises(TypeError, match="must be a PCLGRPOConfig"):
-        PCLGRPOTrainer(model_dir, parity_reward, args=args, processing_class=tokenizer)
+    cls = getattr(trl, args_cls, None) or getattr(transformers, args_cls)
+    args = cls(output_dir=str(tmp_path), learning_rate=3e-5, **cpu_args())
+    if args_cls == "GRPOConfig":
+        args.num_generations = 4  # a GRPO-only value must survive too
+    trainer = PCLGRPOTrainer(
+        model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer
+    )
+    assert isinstance(trainer.args, PCLGRPOConfig) and trainer.args.learning_rate == 3e-5
+    assert trainer.args.self_assessment_auto_range and trainer.args.self_assessment_weight == 1.0
+    if args_cls == "GRPOConfig":
+        assert trainer.num_generations == 4
+
+
+ENV_TEMPLATE = "qwen3.jinja"
+
+
+class RewardEnv:
+    def reset(self, **kwargs):
+        return None
+
+    def get_reward(self):
+        return 0.5
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_reward_funcs_none_with_an_environment_reward(model_dir, tokenizer, tmp_path, cls, monkeypatch):
+    """`reward_funcs=None`: the environment owns the reward, as in TRL 1.16."""
+    import os
+
+    import trl
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    with open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", ENV_TEMPLATE)) as f:
+        tokenizer.chat_template = f.read()  # the environment's tools need a tool-calling template
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+    ))  # fmt: skip
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "1 + 1 ="}]}] * 8)
+    trainer = cls(
+        model_dir, None, args=args, train_dataset=data, processing_class=tokenizer, environment_factory=RewardEnv
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/RewardEnv/mean"] == 0.5
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_reward_funcs_none_without_a_reward_source_gives_trls_message(model_dir, tokenizer, tmp_path, cls):
+    import trl
+
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(per_device_train_batch_size=4, num_generations=4))
+    with pytest.raises(ValueError, match="No reward source provided"):
+        cls(model_dir, None, args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_weight_zero_accepts_what_the_parent_accepts(model_dir, tokenizer, tmp_path, cls):
+    """With weight 0 PCL adds no reward checks: booleans and rewards outside a declared range train as in TRL."""
+    import trl
+
+    def flags(completions, **kwargs):
+        return [len(c) % 2 == 0 for c in completions]  # bools: refused by PCL's check when the segment is trained
+
+    def big(completions, **kwargs):
+        return [5.0 * len(c) for c in completions]
+
+    extra = dict(self_assessment_weight=0.0, self_assessment_reward_range=[0.0, 1.0]) if cls is PCLGRPOTrainer else {}
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        **extra,
+    ))  # fmt: skip
+    trainer = cls(
+        model_dir, [flags, big], args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer
+    )
+    trainer.train()
+    assert "rewards/flags/mean" in trainer.state.log_history[0]
+
+
+def test_logs_the_segment_term_beside_the_loss(model_dir, tokenizer, tmp_path):
+    """`loss` includes the segment term; `self_assessment/loss` is that term, so the policy loss stays readable."""
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_weight=0.5)
+    _, pcl = rollout(trainer)
+    loss = trainer._compute_loss(trainer.model, pcl)
+    term = trainer._metrics["train"]["self_assessment/loss"][-1]
+    trainer.args.self_assessment_weight = 0.0
+    policy = trainer._compute_loss(trainer.model, pcl)
+    assert term > 0 and loss.item() - policy.item() == pytest.approx(term, rel=1e-5)
+    assert trainer._metrics["train"]["self_assessment/loss"][-1] == 0.0
