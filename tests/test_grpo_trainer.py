@@ -453,3 +453,120 @@ def test_logs_the_segment_term_beside_the_loss(model_dir, tokenizer, tmp_path):
     policy = trainer._compute_loss(trainer.model, pcl)
     assert term > 0 and loss.item() - policy.item() == pytest.approx(term, rel=1e-5)
     assert trainer._metrics["train"]["self_assessment/loss"][-1] == 0.0
+
+
+@pytest.fixture
+def gemma_dir(tokenizer, tmp_path):
+    """A tiny Gemma 2 (soft-capped logits), large enough logits that the cap matters."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(10.0)
+    path = tmp_path / "gemma"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_level_logits_are_the_models_own(gemma_dir, tokenizer, tmp_path):
+    """The score levels read from the backbone hook equal the model's logits (soft-capped) at the fused temperature."""
+    trainer = make_trainer(gemma_dir, tokenizer, tmp_path, temperature=0.7)
+    _, pcl = rollout(trainer)
+    rows = (pcl["self_assessment_target"] >= 0).nonzero().squeeze(1)
+    assert len(rows)
+    positions = pcl["prompt_ids"].size(1) + pcl["self_assessment_score_index"][rows]
+    ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+    attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
+    level_ids = torch.tensor(trainer.segment_tokens.level_ids)
+    trainer._pcl_reads = {"level": (rows, positions, level_ids, False)}
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits
+    trainer._pcl_reads = {}
+    expected = logits[rows, positions - 1][:, level_ids] / 0.7
+    torch.testing.assert_close(trainer._pcl_read_logits["level"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_weight_zero_gradients_equal_grpo_soft_capped(gemma_dir, tokenizer, tmp_path, beta):
+    """log p(EOS) at a replaced stop is the model's own, soft-capping included: weight 0 is still plain GRPO."""
+    trainer = make_trainer(gemma_dir, tokenizer, tmp_path, beta=beta, num_iterations=2, self_assessment_weight=0.0)
+    plain, pcl = rollout(trainer)
+    assert (pcl["self_assessment_stop_index"] >= 0).any()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+
+def test_reference_model_gets_the_marker_before_it_is_wrapped(tokenizer, tmp_path, monkeypatch):
+    """beta > 0 with a marker that needs a resize: the reference model is resized (marker row from EOS) as it is
+    created, before TRL wraps it (DeepSpeed / FSDP / accelerate), since a wrapped model cannot be resized."""
+    from accelerate import Accelerator
+
+    from pcl.tiny import build_char_tokenizer, build_tiny_model
+
+    base_tok = build_char_tokenizer(marker=None)
+    path = tmp_path / "no-marker"
+    build_tiny_model(base_tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(path)
+    base_tok.save_pretrained(path)
+    wrapped_sizes = []
+    original = Accelerator.prepare_model
+
+    def prepare_model(self, model, *args, evaluation_mode=False, **kwargs):
+        if evaluation_mode:  # how TRL wraps the reference model outside DeepSpeed/FSDP
+            wrapped_sizes.append(model.get_input_embeddings().num_embeddings)
+        return original(self, model, *args, evaluation_mode=evaluation_mode, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "prepare_model", prepare_model)
+    trainer = make_trainer(str(path), base_tok, tmp_path, beta=0.04, max_steps=1)
+    marker, eos = trainer.segment_tokens.marker_id, trainer.segment_tokens.eos_id
+    assert wrapped_sizes == [len(base_tok)] and marker == len(base_tok) - 1
+    for model in (trainer.model, trainer.ref_model):
+        for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            assert torch.equal(w[marker], w[eos])
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_segment_log_probs_never_reach_the_kl(model_dir, tokenizer, tmp_path, monkeypatch):
+    """beta > 0: the reference log-probs are padded with 0 on the segment, so the policy must see 0 there too, however
+    unlikely the segment tokens are (exp(ref - logp) would overflow to inf, and inf * 0 = NaN in the masked mean)."""
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, beta=0.04, self_assessment_weight=0.0)
+    _, pcl = rollout(trainer)
+    segment = pcl["tool_mask"] == 0
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def very_unlikely_segment(self, *args, **kwargs):
+        logps, entropies, aux = original(self, *args, **kwargs)
+        return logps - 500.0 * segment, entropies, aux
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", very_unlikely_segment)
+    loss, g = grads(trainer, lambda: trainer._compute_loss(trainer.model, pcl))
+    assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in g.values())
+
+
+@pytest.mark.parametrize("mode", ["generated", "both"])
+def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_path, mode):
+    """Generated / both mode: evaluation's groups have `num_generations_eval` rows, not `num_generations`."""
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, num_generations_eval=3, per_device_eval_batch_size=6,
+        max_completion_length=8, self_assessment_mode=mode, log_completions=False,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        eval_dataset=Dataset.from_list(PROMPTS[:4]), processing_class=tokenizer,
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    assert "eval_self_assessment/consistency" in metrics
