@@ -1,8 +1,11 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 
+import json
 import math
+import os
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer import grpo_trainer as grpo_module
 from trl.trainer.utils import maybe_gather_lm_head_ctx
@@ -21,6 +24,10 @@ from .marker import (
 from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
 from .validation import check_no_marker, checked_reward_func, row_texts
+
+
+# Running reward ranges (auto mode), saved in each checkpoint folder
+REWARD_STATE = "pcl_reward_ranges.json"
 
 
 def _check_prompts(dataset, marker: str, name: str) -> None:
@@ -257,6 +264,27 @@ class PCLGRPOTrainer(GRPOTrainer):
             torch.tensor([with_segment, total], dtype=torch.float, device=self.accelerator.device), reduction="sum"
         )
         self._metrics[mode]["self_assessment/frac_with_segment"].append((counts[0] / counts[1].clamp(min=1)).item())
+
+    # ---- checkpoints: the running reward ranges resume with the run -----------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, REWARD_STATE), "w") as f:
+                json.dump(self._pcl_reward_targets.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        self._load_reward_state(checkpoint)
+
+    def _load_reward_state(self, checkpoint: str | None) -> None:
+        path = None if checkpoint is None else os.path.join(checkpoint, REWARD_STATE)
+        if path is not None and os.path.exists(path):
+            with open(path) as f:
+                self._pcl_reward_targets.load_state_dict(json.load(f))
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 

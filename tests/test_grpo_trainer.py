@@ -570,3 +570,48 @@ def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_pat
     )  # fmt: skip
     metrics = trainer.evaluate()
     assert "eval_self_assessment/consistency" in metrics
+
+
+def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir, tokenizer, tmp_path):
+    """For a rollout that ended at EOS, the trained score position sees `prompt + answer + MARKER`: the level
+    distribution there is exactly what `pcl.readout.self_scores` reads for that answer."""
+    from pcl.readout import level_distribution
+
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, temperature=0.8)
+    trainer.model.eval()
+    _, pcl = rollout(trainer)
+    special = set(tokenizer.all_special_ids)
+    rows = [  # rows that ended at EOS, whose answer text re-tokenises to the same ids (no sampled <unk>)
+        r
+        for r in (pcl["self_assessment_stop_index"] >= 0).nonzero().squeeze(1).tolist()
+        if not special & set(trainer._pcl_completion_ids[r][:-1])
+    ]
+    assert rows
+    prompts = tokenizer.batch_decode(pcl["prompt_ids"][rows], skip_special_tokens=True)
+    answers = [tokenizer.decode(trainer._pcl_completion_ids[r], skip_special_tokens=True) for r in rows]
+    read = level_distribution(trainer.model, tokenizer, prompts, answers)
+    ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+    attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1).bool()
+    level_ids = list(trainer.segment_tokens.level_ids)
+    tokens = trainer.segment_tokens
+    for k, r in enumerate(rows):
+        pos = pcl["prompt_ids"].size(1) + pcl["self_assessment_score_index"][r]
+        # The context the score is trained in (left padding aside) is the readout's `prompt + answer + MARKER`
+        context = ids[r, :pos][attention[r, :pos]]
+        readout_context = tokenizer(prompts[k] + answers[k])["input_ids"] + [tokens.marker_id, *tokens.prefix_ids]
+        assert context.tolist() == readout_context
+        with torch.no_grad():
+            logits = trainer.model(input_ids=context[None]).logits[0, -1]
+        trained = (logits[level_ids] / 0.8).softmax(-1)
+        torch.testing.assert_close(torch.as_tensor(read[k], dtype=trained.dtype), trained, rtol=1e-4, atol=1e-5)
+
+
+def test_running_reward_ranges_are_saved_with_checkpoints(model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
+    trainer.args.save_strategy, trainer.args.save_steps = "steps", 1
+    trainer.train()
+    ranges = trainer._pcl_reward_targets.ranges
+    assert ranges != [[0.0, 1.0]]
+    resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
+    resumed._load_reward_state(str(tmp_path / "out" / "checkpoint-1"))  # what resuming reads
+    assert resumed._pcl_reward_targets.ranges == ranges
