@@ -13,8 +13,10 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
     Configuration class for [`PCLGRPOTrainer`] (online RL with post-completion learning).
 
     Every parameter of [`~trl.GRPOConfig`] is accepted unchanged; the self-assessment options are documented in
-    [`SelfAssessmentArguments`]. The true reward of each completion is the weighted sum of the reward functions
-    (`reward_weights`), normalised with `self_assessment_reward_range`.
+    [`SelfAssessmentArguments`]. The score target of each completion comes from the reward functions and
+    `reward_weights`: by default (`self_assessment_reward_range=None`) each function is mapped to [0, 1] (reward models
+    through a sigmoid, callables as they are or by their running range) and the weighted sum is normalised by the
+    weights' bounds; with a declared range, the weighted sum of the raw rewards is normalised by it.
 
     Parameters:
         self_assessment_mode (`str`, *optional*, defaults to `"teacher_forced"`):

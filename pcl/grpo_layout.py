@@ -4,7 +4,8 @@
 A rollout that stops at the marker becomes `answer MARKER [prefix] SCORE EOS`. A rollout that stops at an EOS id (a
 model that has not learnt the marker yet) becomes the same: its final EOS is replaced by the marker, so the score is
 always trained in the context it is read in (`prompt + answer + MARKER`). The replaced position stays a policy token:
-the trainer hands the policy loss log p(EOS) there, and adds log p(MARKER) to the segment NLL (teaching the stop).
+the trainer hands the policy loss log p(EOS) there. On every row that gets a segment, log p(MARKER) at the stop joins
+the segment NLL (teaching the stop), whether the marker or an EOS was sampled.
 """
 
 import torch
@@ -24,9 +25,9 @@ def append_segments(
 ) -> int:
     """Re-lay each row of `output` (TRL's generation batch, modified in place) as `[answer][MARKER prefix SCORE EOS]`.
 
-    Adds `self_assessment_mask` (positions whose log-probs feed the segment NLL: the segment after the marker, and the
-    marker where it replaced an EOS), `self_assessment_stop_index` / `self_assessment_stop_id` (the replaced position
-    and the EOS id sampled there, -1 for none), `self_assessment_score_index` and `self_assessment_target` (the score
+    Adds `self_assessment_mask` (positions whose log-probs feed the segment NLL: the marker that ends the answer,
+    sampled or in place of an EOS, and the segment after it), `self_assessment_stop_index` / `self_assessment_stop_id`
+    (that stop's position, a policy token, and the id sampled there, -1 for none), `self_assessment_score_index` and `self_assessment_target` (the score
     token's position and level, -1 for none). Returns the number of rows that got a segment.
     """
     device = output["completion_ids"].device
@@ -69,11 +70,10 @@ def append_segments(
     stop_index, stop_id = torch.full_like(score_index, -1), torch.full_like(score_index, -1)
     for r, level in zip(rows, levels, strict=True):
         end, last = lengths[r], completion_ids_list[r][-1]
-        if last != tokens.marker_id:
-            # The sampled EOS becomes the marker; the policy still scores the EOS there (see the trainer)
-            output["completion_ids"][r, end - 1] = tokens.marker_id
-            stop_index[r], stop_id[r] = end - 1, last
-            nll_mask[r, end - 1] = True
+        # The sampled EOS becomes the marker; the policy still scores the EOS there (see the trainer)
+        output["completion_ids"][r, end - 1] = tokens.marker_id
+        stop_index[r], stop_id[r] = end - 1, last
+        nll_mask[r, end - 1] = True  # teach the stop: log p(MARKER) joins the segment NLL on every segmented row
         span = slice(end, end + n_seg)
         output["completion_ids"][r, span] = torch.tensor(tokens.assessment_ids(level), device=device)
         output["completion_mask"][r, span] = 1

@@ -47,13 +47,25 @@ class PCLGRPOTrainer(GRPOTrainer):
     With `self_assessment_mode="teacher_forced"` (default) the marker stops the rollouts, the segment is appended with
     the completion's true reward, and an NLL term of weight `self_assessment_weight` trains it from the same forward
     pass as the policy loss. The policy loss (every `loss_type`, KL, entropy, importance sampling) sees only the
-    completion: the segment is attended but carries `tool_mask = 0`. With `"generated"` the model writes its own
-    assessment, a Brier consistency reward scores it, and that reward's advantage applies to the segment tokens only.
+    completion: the segment is attended but carries `tool_mask = 0`. A rollout that stops at EOS instead (any model
+    before PCL training) is laid out as `answer MARKER [prefix] SCORE EOS` too, its EOS replaced by the marker, so the
+    score is trained where the readout reads it (`prompt + answer + MARKER`). That position stays a policy token: the
+    policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T, and
+    log p(MARKER) joins the segment NLL, teaching the model to stop with the marker. With `"generated"` the model
+    writes its own assessment, a Brier consistency reward scores it, and that reward's advantage applies to the
+    segment tokens only.
 
-    Overridden: `__init__` (marker token and stop id), `_calculate_rewards` (keep the true rewards; in generated mode
-    hide the segment from the task rewards), `_generate_and_score_completions` (lay out the segment),
-    `_get_per_token_logps_and_entropies` and `_compute_loss` (add the segment loss). Everything else is inherited
-    from [`~trl.GRPOTrainer`], so existing GRPO recipes work by swapping the two class names.
+    Rewards of any scale are accepted (see `self_assessment_reward_range` in [`SelfAssessmentArguments`]); with
+    `self_assessment_weight=0` the loss and gradients are the parent's and PCL adds no reward checks. The logged
+    `loss` includes the segment term; `self_assessment/loss` is that term alone, so the policy loss is their
+    difference.
+
+    Overridden: `__init__` (marker token, stop id, reward targets; a plain `GRPOConfig` is converted),
+    `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
+    `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
+    (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
+    `_load_optimizer_and_scheduler` (running reward ranges). Everything else is inherited from [`~trl.GRPOTrainer`],
+    so existing GRPO recipes work by swapping the two class names.
 
     Example:
 
@@ -74,7 +86,8 @@ class PCLGRPOTrainer(GRPOTrainer):
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs:
-            As for [`~trl.GRPOTrainer`]; `args` is a [`PCLGRPOConfig`].
+            As for [`~trl.GRPOTrainer`] (`reward_funcs` may be `None` when an environment owns the reward); `args` is
+            a [`PCLGRPOConfig`], or a `GRPOConfig` / `TrainingArguments` converted to one with PCL's defaults.
     """
 
     _tag_names = ["trl", "grpo", "pcl"]
@@ -316,7 +329,7 @@ class PCLGRPOTrainer(GRPOTrainer):
             logps = logps.masked_fill(self._pcl_nll_mask & ~self._pcl_stop_mask, 0.0)
             stop = self._pcl_read_logits.pop("stop", None)
             if stop is not None:
-                rows, cols = self._pcl_stop_mask.nonzero(as_tuple=True)
+                rows, cols = self._pcl_eos_mask.nonzero(as_tuple=True)
                 logps = logps.index_put((rows, cols), logps[rows, cols] + stop[:, 0] - stop[:, 1])
         return logps, entropies, aux_loss
 
@@ -334,14 +347,18 @@ class PCLGRPOTrainer(GRPOTrainer):
         self._pcl_reads = {"level": (rows, prompt_len + score_index[rows], level_ids, self._pcl_level_grad)}
         if teacher_forced:
             self._pcl_nll_mask = inputs["self_assessment_mask"]
-            stop_index = inputs["self_assessment_stop_index"]
+            stop_index, stop_id = inputs["self_assessment_stop_index"], inputs["self_assessment_stop_id"]
             stop_rows = (stop_index >= 0).nonzero().squeeze(1)
-            self._pcl_stop_mask = torch.zeros_like(self._pcl_nll_mask)
+            self._pcl_stop_mask = torch.zeros_like(self._pcl_nll_mask)  # stops are policy tokens, never zeroed
             self._pcl_stop_mask[stop_rows, stop_index[stop_rows]] = True
-            if len(stop_rows):
-                marker = torch.full_like(stop_rows, self.segment_tokens.marker_id)
-                ids = torch.stack([inputs["self_assessment_stop_id"][stop_rows], marker], dim=1)
-                self._pcl_reads["stop"] = (stop_rows, prompt_len + stop_index[stop_rows], ids, True)
+            eos_rows = (stop_id >= 0) & (stop_id != self.segment_tokens.marker_id)
+            self._pcl_eos_mask = torch.zeros_like(self._pcl_nll_mask)  # where the marker replaced a sampled EOS
+            eos_rows = eos_rows.nonzero().squeeze(1)
+            self._pcl_eos_mask[eos_rows, stop_index[eos_rows]] = True
+            if len(eos_rows):
+                marker = torch.full_like(eos_rows, self.segment_tokens.marker_id)
+                ids = torch.stack([stop_id[eos_rows], marker], dim=1)
+                self._pcl_reads["stop"] = (eos_rows, prompt_len + stop_index[eos_rows], ids, True)
         try:
             loss = super()._compute_loss(model, inputs)
         finally:

@@ -139,10 +139,10 @@ class TestSegmentLayout:
             assert pcl["tool_mask"][i, len(ids) - 1] == 1  # the stop is a policy token
             nll = pcl["self_assessment_mask"][i]
             stop_replaced = ids[-1] != tokens.marker_id
-            assert nll[span].all() and nll.sum() == len(segment) + stop_replaced
-            assert nll[len(ids) - 1] == stop_replaced  # teach the stop: log p(MARKER) joins the segment NLL
-            assert pcl["self_assessment_stop_index"][i] == (len(ids) - 1 if stop_replaced else -1)
-            assert pcl["self_assessment_stop_id"][i] == (ids[-1] if stop_replaced else -1)
+            assert nll[span].all() and nll.sum() == len(segment) + 1
+            assert nll[len(ids) - 1]  # teach the stop: log p(MARKER) joins the segment NLL, whatever was sampled
+            assert pcl["self_assessment_stop_index"][i] == len(ids) - 1
+            assert pcl["self_assessment_stop_id"][i] == ids[-1]
             assert pcl["self_assessment_target"][i] == level
             ends["eos" if stop_replaced else "marker"] += 1
         assert ends["marker"] + ends["eos"] > 0
@@ -165,7 +165,9 @@ def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_t
         self_assessment_weight=0.0,
     )  # fmt: skip
     plain, pcl = rollout(trainer)
-    assert pcl["self_assessment_mask"].any() and (pcl["self_assessment_stop_index"] >= 0).any()
+    assert (
+        pcl["self_assessment_mask"].any() and (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    )
     with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
         for p in trainer.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -498,7 +500,7 @@ def test_weight_zero_gradients_equal_grpo_soft_capped(gemma_dir, tokenizer, tmp_
     """log p(EOS) at a replaced stop is the model's own, soft-capping included: weight 0 is still plain GRPO."""
     trainer = make_trainer(gemma_dir, tokenizer, tmp_path, beta=beta, num_iterations=2, self_assessment_weight=0.0)
     plain, pcl = rollout(trainer)
-    assert (pcl["self_assessment_stop_index"] >= 0).any()
+    assert (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -583,7 +585,7 @@ def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir,
     special = set(tokenizer.all_special_ids)
     rows = [  # rows that ended at EOS, whose answer text re-tokenises to the same ids (no sampled <unk>)
         r
-        for r in (pcl["self_assessment_stop_index"] >= 0).nonzero().squeeze(1).tolist()
+        for r in (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).nonzero().squeeze(1).tolist()
         if not special & set(trainer._pcl_completion_ids[r][:-1])
     ]
     assert rows
