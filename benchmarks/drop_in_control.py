@@ -55,11 +55,11 @@ def base_model(out: str, sft_steps: int) -> str:
     return path
 
 
-def run(kind: str, path: str, out: str, steps: int) -> dict:
+def run(kind: str, path: str, out: str, steps: int, lr: float) -> dict:
     tok = build_char_tokenizer(marker=None)  # the trainer adds the marker (PCL) or leaves it out (plain)
     rows = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a, b in PAIRS]
     config = dict(
-        output_dir=os.path.join(out, kind), max_steps=steps, learning_rate=1e-4, per_device_train_batch_size=16,
+        output_dir=os.path.join(out, kind), max_steps=steps, learning_rate=lr, per_device_train_batch_size=16,
         num_generations=8, max_completion_length=6, logging_steps=1, log_completions=False, **COMMON,
     )  # fmt: skip
     cls, cfg = (GRPOTrainer, GRPOConfig) if kind == "plain" else (PCLGRPOTrainer, PCLGRPOConfig)
@@ -109,20 +109,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 GRPO steps, 150 SFT steps, no result file")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "drop_in_control.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps, sft_steps = (20, 150) if args.quick else (args.steps, args.sft_steps)
     with tempfile.TemporaryDirectory() as tmp:
         path = base_model(tmp, sft_steps)
-        results = {kind: run(kind, path, tmp, steps) for kind in ("plain", "pcl_w0", "pcl")}
+        results = {kind: run(kind, path, tmp, steps, args.lr) for kind in ("plain", "pcl_w0", "pcl")}
     keys = sorted({k for r in results.values() for k in r})
     print(f"{'metric':<26}" + "".join(f"{k:>10}" for k in results))  # noqa: T201
     for key in keys:
         print(f"{key:<26}" + "".join(f"{results[k].get(key, float('nan')):>10.3f}" for k in results))  # noqa: T201
     if not args.quick:
         with open(args.out, "w") as f:
-            json.dump({"steps": steps, "sft_steps": sft_steps, "results": results}, f, indent=2)
+            json.dump({"steps": steps, "sft_steps": sft_steps, "lr": args.lr, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
