@@ -23,20 +23,11 @@ from .marker import (
 )
 from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
-from .validation import check_no_marker, checked_reward_func, row_texts
+from .validation import check_prompts, checked_reward_func
 
 
 # Running reward ranges (auto mode), saved in each checkpoint folder
 REWARD_STATE = "pcl_reward_ranges.json"
-
-
-def _check_prompts(dataset, marker: str, name: str) -> None:
-    if dataset is None or getattr(dataset, "column_names", None) is None:
-        return
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"The {name} dataset has no 'prompt' column (columns: {dataset.column_names}).")
-    for idx, prompt in enumerate(dataset["prompt"]):
-        check_no_marker(row_texts(prompt, "prompt", idx, name), marker, idx, name)
 
 
 class PCLGRPOTrainer(GRPOTrainer):
@@ -134,9 +125,9 @@ class PCLGRPOTrainer(GRPOTrainer):
                 processing_class=processing_class, **kwargs,
             )  # fmt: skip
         # After the parent's own input checks, so that TRL's error messages come first for what TRL refuses
-        _check_prompts(train_dataset, fmt.marker, "train")
+        check_prompts(train_dataset, fmt.marker, "train")
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:
-            _check_prompts(ds, fmt.marker, name)
+            check_prompts(ds, fmt.marker, name)
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.segment_tokens = prepare_model(self._pcl_base, processing_class, fmt)

@@ -69,3 +69,13 @@ def checked_reward_func(func: Callable) -> Callable:
     wrapper.__doc__ = getattr(func, "__doc__", None)
     wrapper.__wrapped__ = func
     return wrapper
+
+
+def check_prompts(dataset, marker: str, name: str) -> None:
+    """GRPO datasets: a `prompt` column whose prompts are well-formed and free of the marker."""
+    if dataset is None or getattr(dataset, "column_names", None) is None:
+        return
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"The {name} dataset has no 'prompt' column (columns: {dataset.column_names}).")
+    for idx, prompt in enumerate(dataset["prompt"]):
+        check_no_marker(row_texts(prompt, "prompt", idx, name), marker, idx, name)
