@@ -5,6 +5,7 @@ import math
 import os
 
 import torch
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer import grpo_trainer as grpo_module
@@ -102,8 +103,6 @@ class PCLGRPOTrainer(GRPOTrainer):
         )
         fmt = args.segment_format
         if args.self_assessment_mode == "both" and args.deepspeed_plugin is not None:
-            from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
             if is_deepspeed_zero3_enabled():
                 # Its NLL projects hidden states through the gathered LM head outside the head's own forward, which
                 # ZeRO-3 cannot backpropagate into; the teacher-forced and generated modes read TRL's fused head only
@@ -298,11 +297,12 @@ class PCLGRPOTrainer(GRPOTrainer):
         if not self._pcl_reads or not hasattr(output, "last_hidden_state"):
             return
         head = self._pcl_base.get_output_embeddings()
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-        # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: read it detached
+        # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: it is read detached.
+        # Then log p(EOS) at a replaced stop gets its gradient through the hidden state and the fused head only, so
+        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS)
         zero3 = is_deepspeed_zero3_enabled()
         for name, (rows, positions, ids, grad) in self._pcl_reads.items():
+            grad = grad and torch.is_grad_enabled()  # evaluation runs under no_grad: build no graph there
             hidden = output.last_hidden_state[rows, positions - 1]  # the hidden state before a token predicts it
             with maybe_gather_lm_head_ctx(head.weight, head.bias), torch.set_grad_enabled(grad):
                 h = hidden if grad else hidden.detach()
