@@ -6,10 +6,13 @@ Instruct model before PCL). From that same model, plain GRPO and PCL-GRPO then r
 accuracy reward; `pcl_w0` is PCL-GRPO with `self_assessment_weight=0` (the marker and layout without the segment
 loss), which separates the effect of the new stop token from that of the segment term. Reported per run: the mean reward of the first and last steps, the fraction of rollouts that stop at
 the marker, the segment NLL, and after training the greedy accuracy and the fraction of answers for which
-`pcl.inference.generate(..., self_score=True)` returns a self-score.
+`pcl.inference.generate(..., self_score=True)` returns a self-score, and how the stop probability after the gold
+answer splits between the marker and EOS. `--mean-init` is the control for the marker's initialisation: its new rows
+keep transformers' mean init instead of starting as copies of EOS's.
 
     python benchmarks/drop_in_control.py --quick          # ~1 minute on 1 CPU core
     python benchmarks/drop_in_control.py --steps 60       # writes benchmarks/results/drop_in_control.json
+    python benchmarks/drop_in_control.py --steps 60 --mean-init --out benchmarks/results/drop_in_control_mean_init.json
 """
 
 import argparse
@@ -26,6 +29,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 
+import pcl.marker  # noqa: E402
 from pcl import PCLGRPOConfig, PCLGRPOTrainer  # noqa: E402
 from pcl.inference import generate  # noqa: E402
 from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
@@ -110,9 +114,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate")
+    parser.add_argument(
+        "--mean-init", action="store_true", help="control: the new marker rows keep transformers' mean init, not EOS's"
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "drop_in_control.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.mean_init:
+
+        def resize_only(model, tokenizer, tokens):
+            if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
+                return False
+            model.resize_token_embeddings(len(tokenizer))
+            return True
+
+        pcl.marker.resize_for_marker = resize_only
     steps, sft_steps = (20, 150) if args.quick else (args.steps, args.sft_steps)
     with tempfile.TemporaryDirectory() as tmp:
         path = base_model(tmp, sft_steps)
