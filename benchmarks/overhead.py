@@ -180,8 +180,16 @@ def fmt_table(r: dict) -> str:
     for t in r["targets"]:
         v = t["value"]
         v = (f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}") if isinstance(v, float) else str(v)
-        lines.append(f"{'MET ' if t['met'] else 'MISS'} {t['name']:<48}{v:>10}  target {t['target']}")
+        lines.append(f"{'MET ' if t['met'] else 'MISS'} {t['name']:<58}{v:>10}  target {t['target']}")
     return "\n".join(lines)
+
+
+def describe(m: dict) -> str:
+    return (
+        f"{m['preset']} preset, started {m['started_utc']}, {m['wall_s']:.0f} s, {m['threads']} thread(s), "
+        f"{m['device']}, torch {m['versions']['torch']}, load average {m.get('load_average_start')} at the start, "
+        f"{m.get('load_average_end')} at the end"
+    )
 
 
 def main(argv=None) -> int:
@@ -194,7 +202,14 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--preset", choices=list(PRESETS), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--show", metavar="JSON", default=None, help="print the table of a saved result and exit")
     args = parser.parse_args(argv)
+    if args.show:
+        with open(args.show) as f:
+            result = json.load(f)
+        print(fmt_table(result))
+        print(f"{args.show}: {describe(result['meta'])}")
+        return 0
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -235,11 +250,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    print(
-        f"wrote {args.out} ({result['meta']['wall_s']:.0f} s, {result['meta']['threads']} thread(s), "
-        f"{result['meta']['device']}, load average {result['meta']['load_average_start']} at the start, "
-        f"{result['meta']['load_average_end']} at the end)"
-    )
+    print(f"wrote {args.out}: {describe(result['meta'])}")
     return 0
 
 
