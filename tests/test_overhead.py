@@ -21,6 +21,7 @@ from overhead_harness import PRESETS  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from pcl import PCLGRPOTrainer, PCLSFTTrainer  # noqa: E402
+from pcl.segment import SegmentFormat  # noqa: E402
 from pcl.tiny import build_tiny_model  # noqa: E402
 
 
@@ -60,7 +61,12 @@ def test_flop_ratio_equals_the_token_floor(flops):
         # ... and equal the stock trainer's own FLOPs on PCL's batch: PCL computes nothing beyond the segment's
         # tokens but the score levels' logits (GRPO: a `levels x hidden` product per row)
         assert 1.0 <= c["flop_ratio_over_floor"] < 1.0 + 1e-4, name
-    assert flops["sft"]["reward"]["pcl_flops"] == flops["sft"]["reward"]["stock_flops"]  # the reweighting: 0 FLOPs
+    # Exactly: PCL-SFT's reweighting is element-wise (no matrix product), and PCL-GRPO's one extra product is the
+    # score levels' logits, rows x levels x hidden multiply-adds without backward (teacher-forced mode)
+    for key in ("no_reward", "reward", "reward_vs_unrendered"):
+        assert flops["sft"][key]["pcl_flops"] == flops["sft"][key]["stock_on_pcl_batch_flops"], key
+    grpo, levels = flops["grpo"], SegmentFormat().levels
+    assert grpo["pcl_flops"] - grpo["stock_on_pcl_batch_flops"] == 2 * SIZES.grpo_batch * levels * SIZES.hidden
 
 
 def _with_extra_forward(cls, method: str):
