@@ -118,7 +118,8 @@ def fmt_table(r: dict) -> str:
     def row(name, a, b, ratio, ci=None, floor=None, unit="ms"):
         rng = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci is not None else ""
         fl = f"{floor:.3f}" if floor is not None else ""
-        lines.append(f"{name:<44}{a:>10.1f}{unit:>2}{b:>10.1f}{unit:>2}{ratio:>9.3f}{rng:>17}{fl:>8}")
+        w = 12 - len(unit)
+        lines.append(f"{name:<44}{a:>{w}.1f}{unit}{b:>{w}.1f}{unit}{ratio:>9.3f}{rng:>17}{fl:>8}")
 
     for key, label in (
         ("train_step", "GRPO train step (loss+backward+optim)"),
@@ -143,7 +144,7 @@ def fmt_table(r: dict) -> str:
         if key not in m:
             continue
         c = m[key]
-        row(label, c["pcl"]["growth_mib"], c["plain"]["growth_mib"], c["growth_ratio"], unit="MB")
+        row(label, c["pcl"]["growth_mib"], c["plain"]["growth_mib"], c["growth_ratio"], unit="MiB")
     lines.append("-" * 102)
     lines.append(
         f"{'inference (per answer)':<44}{'tokens':>10}{i['clock'] + ' ms':>12}{'spread':>9}{'accuracy':>10}{'stops m/e/l':>14}"
