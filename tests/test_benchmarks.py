@@ -2,12 +2,7 @@
 """The calibration benchmark script runs end to end and reports what it promises (overhead: tests/test_overhead.py)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
