@@ -1,6 +1,6 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from trl import GRPOConfig
 
@@ -13,8 +13,10 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
     Configuration class for [`PCLGRPOTrainer`] (online RL with post-completion learning).
 
     Every parameter of [`~trl.GRPOConfig`] is accepted unchanged; the self-assessment options are documented in
-    [`SelfAssessmentArguments`]. The true reward of each completion is the weighted sum of the reward functions
-    (`reward_weights`), normalised with `self_assessment_reward_range`.
+    [`SelfAssessmentArguments`]. The score target of each completion comes from the reward functions and
+    `reward_weights`: by default (`self_assessment_reward_range=None`) each function is mapped to [0, 1] (reward models
+    through a sigmoid, callables as they are or by their running range) and the weighted sum is normalised by the
+    weights' bounds; with a declared range, the weighted sum of the raw rewards is normalised by it.
 
     Parameters:
         self_assessment_mode (`str`, *optional*, defaults to `"teacher_forced"`):
@@ -36,8 +38,23 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
         },
     )
 
+    @classmethod
+    def from_grpo_config(cls, args: GRPOConfig) -> "PCLGRPOConfig":
+        """A recipe's plain `GRPOConfig` as a `PCLGRPOConfig` with PCL's defaults, every value (derived ones too)
+        kept exactly as the parent trainer would read it."""
+        new = cls.__new__(cls)
+        new.__dict__.update(args.__dict__)
+        for f in fields(cls):
+            if f.name not in new.__dict__:
+                setattr(new, f.name, f.default_factory() if f.default is MISSING else f.default)
+        new._validate_pcl()
+        return new
+
     def __post_init__(self):
         super().__post_init__()
+        self._validate_pcl()
+
+    def _validate_pcl(self) -> None:
         self._validate_self_assessment()
         if self.self_assessment_mode not in ("teacher_forced", "generated", "both"):
             raise ValueError(

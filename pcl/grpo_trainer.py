@@ -1,24 +1,34 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 
+import json
 import math
+import os
 
 import torch
-from trl import GRPOTrainer
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer import grpo_trainer as grpo_module
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .grpo_config import PCLGRPOConfig
-from .marker import CONFIG_KEY, attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
+from .grpo_layout import append_segments, group_advantages
+from .head import project
+from .marker import (
+    CONFIG_KEY,
+    attach_hook,
+    prepare_model,
+    resize_on_creation,
+    resolve_args_and_tokenizer,
+    segment_tokens,
+)
+from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
-from .validation import check_no_marker, checked_reward_func, row_texts
+from .validation import check_prompts, checked_reward_func
 
 
-def _check_prompts(dataset, marker: str, name: str) -> None:
-    if dataset is None or getattr(dataset, "column_names", None) is None:
-        return
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"The {name} dataset has no 'prompt' column (columns: {dataset.column_names}).")
-    for idx, prompt in enumerate(dataset["prompt"]):
-        check_no_marker(row_texts(prompt, "prompt", idx, name), marker, idx, name)
+# Running reward ranges (auto mode), saved in each checkpoint folder
+REWARD_STATE = "pcl_reward_ranges.json"
 
 
 class PCLGRPOTrainer(GRPOTrainer):
@@ -29,13 +39,25 @@ class PCLGRPOTrainer(GRPOTrainer):
     With `self_assessment_mode="teacher_forced"` (default) the marker stops the rollouts, the segment is appended with
     the completion's true reward, and an NLL term of weight `self_assessment_weight` trains it from the same forward
     pass as the policy loss. The policy loss (every `loss_type`, KL, entropy, importance sampling) sees only the
-    completion: the segment is attended but carries `tool_mask = 0`. With `"generated"` the model writes its own
-    assessment, a Brier consistency reward scores it, and that reward's advantage applies to the segment tokens only.
+    completion: the segment is attended but carries `tool_mask = 0`. A rollout that stops at EOS instead (any model
+    before PCL training) is laid out as `answer MARKER [prefix] SCORE EOS` too, its EOS replaced by the marker, so the
+    score is trained where the readout reads it (`prompt + answer + MARKER`). That position stays a policy token: the
+    policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T, and
+    log p(MARKER) joins the segment NLL, teaching the model to stop with the marker. With `"generated"` the model
+    writes its own assessment, a Brier consistency reward scores it, and that reward's advantage applies to the
+    segment tokens only.
 
-    Overridden: `__init__` (marker token and stop id), `_calculate_rewards` (keep the true rewards; in generated mode
-    hide the segment from the task rewards), `_generate_and_score_completions` (lay out the segment),
-    `_get_per_token_logps_and_entropies` and `_compute_loss` (add the segment loss). Everything else is inherited
-    from [`~trl.GRPOTrainer`], so existing GRPO recipes work by swapping the two class names.
+    Rewards of any scale are accepted (see `self_assessment_reward_range` in [`SelfAssessmentArguments`]); with
+    `self_assessment_weight=0` the loss and gradients are the parent's and PCL adds no reward checks. The logged
+    `loss` includes the segment term; `self_assessment/loss` is that term alone, so the policy loss is their
+    difference.
+
+    Overridden: `__init__` (marker token, stop id, reward targets; a plain `GRPOConfig` is converted),
+    `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
+    `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
+    (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
+    `_load_optimizer_and_scheduler` (running reward ranges). Everything else is inherited from [`~trl.GRPOTrainer`],
+    so existing GRPO recipes work by swapping the two class names.
 
     Example:
 
@@ -56,7 +78,8 @@ class PCLGRPOTrainer(GRPOTrainer):
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs:
-            As for [`~trl.GRPOTrainer`]; `args` is a [`PCLGRPOConfig`].
+            As for [`~trl.GRPOTrainer`] (`reward_funcs` may be `None` when an environment owns the reward); `args` is
+            a [`PCLGRPOConfig`], or a `GRPOConfig` / `TrainingArguments` converted to one with PCL's defaults.
     """
 
     _tag_names = ["trl", "grpo", "pcl"]
@@ -64,15 +87,22 @@ class PCLGRPOTrainer(GRPOTrainer):
     _paper = PAPER
 
     def __init__(
-        self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs
+        self,
+        model,
+        reward_funcs=None,
+        args=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        **kwargs,
     ):
+        if isinstance(args, GRPOConfig) and not isinstance(args, PCLGRPOConfig):
+            args = PCLGRPOConfig.from_grpo_config(args)
         args, processing_class = resolve_args_and_tokenizer(
             model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, padding_side="left"
         )
         fmt = args.segment_format
         if args.self_assessment_mode == "both" and args.deepspeed_plugin is not None:
-            from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
             if is_deepspeed_zero3_enabled():
                 # Its NLL projects hidden states through the gathered LM head outside the head's own forward, which
                 # ZeRO-3 cannot backpropagate into; the teacher-forced and generated modes read TRL's fused head only
@@ -80,17 +110,23 @@ class PCLGRPOTrainer(GRPOTrainer):
                     "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3. Use 'teacher_forced' or "
                     "'generated', or ZeRO-2."
                 )
-        segment_tokens(processing_class, fmt)  # adds the marker before the parent sets up generation
-        _check_prompts(train_dataset, fmt.marker, "train")
+        tokens = segment_tokens(processing_class, fmt)  # adds the marker before the parent sets up generation
+        strict = args.self_assessment_weight > 0  # with weight 0 the parent's input checks are the only ones
+        if reward_funcs is not None and strict:
+            reward_funcs = [
+                checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
+            ]
+        # The reference model is built and wrapped (DeepSpeed, FSDP) inside the parent's __init__: give it the marker
+        # row as it is created, since it cannot be resized once wrapped
+        with resize_on_creation(grpo_module, processing_class, tokens):
+            super().__init__(
+                model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                processing_class=processing_class, **kwargs,
+            )  # fmt: skip
+        # After the parent's own input checks, so that TRL's error messages come first for what TRL refuses
+        check_prompts(train_dataset, fmt.marker, "train")
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:
-            _check_prompts(ds, fmt.marker, name)
-        reward_funcs = [
-            checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
-        ]
-        super().__init__(
-            model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=processing_class, **kwargs,
-        )  # fmt: skip
+            check_prompts(ds, fmt.marker, name)
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.segment_tokens = prepare_model(self._pcl_base, processing_class, fmt)
@@ -98,14 +134,22 @@ class PCLGRPOTrainer(GRPOTrainer):
         # records it so the self-score readout uses the distribution that was trained
         getattr(self._pcl_base.config, CONFIG_KEY)["readout_temperature"] = self.temperature
         if self.ref_model is not None:
-            prepare_model(self.ref_model, processing_class, fmt)
+            prepare_model(getattr(self.ref_model, "module", self.ref_model), processing_class, fmt)
+        self._pcl_reward_targets = RewardTargets(
+            fmt,
+            self.reward_weights,
+            [isinstance(f, torch.nn.Module) for f in self.reward_funcs],
+            self.reward_func_names,
+            auto=args.self_assessment_auto_range,
+            strict=strict,
+        )
 
         self._configure_stop_ids()
         self._pcl_nll_mask = None  # (B, T) positions whose log-probs feed the segment NLL, set during the loss
-        self._pcl_score_index = None  # (rows, positions) of the score tokens in the full sequence
-        self._pcl_level_logits = None
+        self._pcl_reads = {}  # name -> (rows, positions, ids): LM-head rows to read at those positions
+        self._pcl_read_logits = {}
         self._pcl_level_grad = False
-        attach_hook(self._pcl_base.base_model, self._read_level_logits)
+        attach_hook(self._pcl_base, self._read_head_rows, module=self._pcl_base.base_model)
 
     def _configure_stop_ids(self) -> None:
         """Teacher-forced rollouts stop at the marker; generated ones must be free to write past it."""
@@ -144,23 +188,22 @@ class PCLGRPOTrainer(GRPOTrainer):
             completions, answer_ids, self._pcl_written = self._split_at_marker(completions, completion_ids_list)
             completion_ids_list = answer_ids
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if rewards_per_func.shape != (self.accelerator.num_processes * len(prompts), len(self.reward_funcs)):
-            raise ValueError(f"Reward functions returned rewards of shape {tuple(rewards_per_func.shape)}.")
 
+        # Every process maps the same gathered rewards, so running ranges agree across ranks
         start = self.accelerator.process_index * len(prompts)
-        local = rewards_per_func[start : start + len(prompts)].cpu()
-        weighted = (local * self.reward_weights.cpu().unsqueeze(0)).nansum(dim=1)
-        weighted[torch.isnan(local).all(dim=1)] = math.nan
-        fmt = self.args.segment_format
-        self._pcl_targets = [fmt.normalize(r) for r in weighted.tolist()]  # raises on out-of-range rewards
+        self._pcl_targets = self._pcl_reward_targets(rewards_per_func)[start : start + len(prompts)]
         self._pcl_completion_ids = [list(ids) for ids in completion_ids_list]
+        fmt = self.args.segment_format
+        mode = "train" if self.model.training else "eval"
+        for key, value in self._pcl_reward_targets.log_ranges.items():
+            self._metrics[mode][key].append(value)
         levels = [None if t is None else fmt.level_of(t) for t in self._pcl_targets]
         self._log_completion_extra("self_assessment_target", levels)
         if generated:
             written = [None if s is None else self.segment_tokens.parse_ids(s) for s in self._pcl_written]
             self._log_completion_extra("self_assessment_written", written)
             self._pcl_written_levels = written
-            # Brier consistency: honest "I am wrong" on a wrong answer scores 1, never 0/0 (DESIGN.md, weak point 1)
+            # Brier consistency: an honest "I am wrong" on a wrong answer scores 1 (never 0/0 like a ratio would)
             consistency = [
                 math.nan if g is None else 0.0 if w is None else 1.0 - (fmt.level_value(w) - g) ** 2
                 for g, w in zip(self._pcl_targets, written, strict=True)
@@ -177,71 +220,24 @@ class PCLGRPOTrainer(GRPOTrainer):
         return output
 
     def _append_segments(self, output: dict) -> None:
-        """Re-lay each row as `[completion][MARKER? prefix SCORE EOS][pad]`, the segment attended but out of the PG."""
-        tokens, device = self.segment_tokens, output["completion_ids"].device
-        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        stops = (tokens.marker_id, *tokens.eos_ids)
-        rows, seg_ids, seg_loss, score_pos, targets = [], [], [], [], []
-        for i, (ids, target) in enumerate(zip(self._pcl_completion_ids, self._pcl_targets, strict=True)):
-            # Truncated, masked (mask_truncated_completions) or unrewarded rows get no segment
-            if target is None or not ids or ids[-1] not in stops or not completion_mask[i].any():
-                continue
-            level = self.args.segment_format.level_of(target)
-            head = [] if ids[-1] == tokens.marker_id else [tokens.marker_id]
-            rows.append(i)
-            seg_ids.append(head + tokens.assessment_ids(level))
-            seg_loss.append([0] * len(head) + [1] * (len(seg_ids[-1]) - len(head)))
-            score_pos.append(len(ids) + len(seg_ids[-1]) - 2)  # the level sits right before the closing EOS
-            targets.append(level)
-
-        lengths = [len(ids) for ids in self._pcl_completion_ids]
-        width = max([completion_ids.size(1)] + [lengths[r] + len(s) for r, s in zip(rows, seg_ids, strict=True)])
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        extra = width - completion_ids.size(1)
-
-        def widen(x, value):
-            # Per-token tensors only; sequence-level ones (B, 1) stay as they are
-            if extra and x.dim() == 2 and x.size(1) == completion_ids.size(1):
-                return torch.nn.functional.pad(x, (0, extra), value=value)
-            return x
-
-        output["completion_ids"] = widen(completion_ids, self._tokenizer.pad_token_id)
-        output["completion_mask"] = widen(completion_mask, 0)
-        tool_mask = output.get("tool_mask", torch.ones_like(completion_mask))
-        output["tool_mask"] = widen(tool_mask, 1)
-        for key in ("old_per_token_logps", "ref_per_token_logps", "sampling_per_token_logps"):
-            if output.get(key) is not None:
-                output[key] = widen(output[key], 0.0)
-        if output.get("importance_sampling_ratio") is not None:
-            output["importance_sampling_ratio"] = widen(output["importance_sampling_ratio"], 1.0)
-
-        nll_mask = torch.zeros_like(output["completion_mask"], dtype=torch.bool)
-        score_index = torch.full((len(lengths),), -1, dtype=torch.long, device=device)
-        target_level = torch.full((len(lengths),), -1, dtype=torch.long, device=device)
-        for r, ids, loss, pos, level in zip(rows, seg_ids, seg_loss, score_pos, targets, strict=True):
-            span = slice(lengths[r], lengths[r] + len(ids))
-            output["completion_ids"][r, span] = torch.tensor(ids, device=device)
-            output["completion_mask"][r, span] = 1
-            output["tool_mask"][r, span] = 0
-            nll_mask[r, span] = torch.tensor(loss, dtype=torch.bool, device=device)
-            score_index[r], target_level[r] = pos, level
-        output["self_assessment_mask"] = nll_mask
-        output["self_assessment_score_index"] = score_index
-        output["self_assessment_target"] = target_level
+        """Teacher-forced mode: lay the segments into the batch (see `pcl.grpo_layout`)."""
+        with_segment = append_segments(
+            output, self._pcl_completion_ids, self._pcl_targets, self.args.segment_format, self.segment_tokens,
+            self._tokenizer.pad_token_id, self.pad_to_multiple_of,
+        )  # fmt: skip
+        nll_mask = output["self_assessment_mask"]
         output["self_assessment_num_items"] = self.accelerator.gather(nll_mask.sum()).sum()
-        self._log_segment_fraction(len(rows), len(lengths))
+        self._log_segment_fraction(with_segment, nll_mask.size(0))
 
     def _written_segments(self, output: dict) -> None:
         """Generated mode: per-token advantages, task advantage on the answer, consistency advantage on the segment."""
         device = output["completion_ids"].device
-        # Group-normalised like GRPO's own advantages (unrewarded rows are NaN and get 0)
-        consistency = self._pcl_consistency.view(-1, self.num_generations)
-        centered = consistency - consistency.nanmean(dim=1, keepdim=True)
-        if self.scale_rewards != "none":
-            centered = centered / ((centered**2).nanmean(dim=1, keepdim=True).sqrt() + 1e-4)
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        # Normalised like GRPO's own advantages (same group size, std and scaling; unrewarded rows get 0)
+        seg_adv = group_advantages(self._pcl_consistency, num_generations, self.scale_rewards)
         start = self.accelerator.process_index * output["completion_ids"].size(0)
-        seg_adv = torch.nan_to_num(centered.view(-1), nan=0.0)[start : start + output["completion_ids"].size(0)]
+        seg_adv = seg_adv[start : start + output["completion_ids"].size(0)]
 
         T = output["completion_ids"].size(1)
         advantages = output["advantages"].unsqueeze(1).expand(-1, T).clone()
@@ -262,7 +258,6 @@ class PCLGRPOTrainer(GRPOTrainer):
         output["self_assessment_score_index"] = score_index
         output["self_assessment_target"] = target_level
         output["self_assessment_num_items"] = self.accelerator.gather((target_level >= 0).sum()).sum()
-        mode = "train" if self.model.training else "eval"
         self._metrics[mode]["self_assessment/consistency"].append(torch.nanmean(self._pcl_consistency).item())
         self._log_segment_fraction(with_segment, len(self._pcl_written))
 
@@ -273,31 +268,60 @@ class PCLGRPOTrainer(GRPOTrainer):
         )
         self._metrics[mode]["self_assessment/frac_with_segment"].append((counts[0] / counts[1].clamp(min=1)).item())
 
+    # ---- checkpoints: the running reward ranges resume with the run -----------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, REWARD_STATE), "w") as f:
+                json.dump(self._pcl_reward_targets.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        self._load_reward_state(checkpoint)
+
+    def _load_reward_state(self, checkpoint: str | None) -> None:
+        path = None if checkpoint is None else os.path.join(checkpoint, REWARD_STATE)
+        if path is not None and os.path.exists(path):
+            with open(path) as f:
+                self._pcl_reward_targets.load_state_dict(json.load(f))
+
     # ---- loss ----------------------------------------------------------------------------------------------------
 
-    def _read_level_logits(self, module, args, output):
-        # Backbone forward hook: the score levels' logits at each score position, at the fused head's temperature
-        if self._pcl_score_index is None or not hasattr(output, "last_hidden_state"):
+    def _read_head_rows(self, module, args, output):
+        # Backbone forward hook: the logits of a few LM-head rows at requested positions, computed like the model's
+        # own logits (its logit transforms) at the fused head's temperature, from the same forward pass
+        if not self._pcl_reads or not hasattr(output, "last_hidden_state"):
             return
-        rows, positions = self._pcl_score_index
-        hidden = output.last_hidden_state[rows, positions - 1]  # the hidden state before a token predicts it
         head = self._pcl_base.get_output_embeddings()
-        level_ids = torch.tensor(self.segment_tokens.level_ids, device=hidden.device)
-        # "both" trains this distribution; otherwise it only feeds metrics
-        with maybe_gather_lm_head_ctx(head.weight, head.bias), torch.set_grad_enabled(self._pcl_level_grad):
-            weight = head.weight[level_ids]
-            bias = None if head.bias is None else head.bias[level_ids]
-            h = hidden if self._pcl_level_grad else hidden.detach()
-            logits = torch.nn.functional.linear(h.to(weight.dtype), weight, bias)
-        self._pcl_level_logits = logits.float() / self.temperature
+        # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: it is read detached.
+        # Then log p(EOS) at a replaced stop gets its gradient through the hidden state and the fused head only, so
+        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS)
+        zero3 = is_deepspeed_zero3_enabled()
+        for name, (rows, positions, ids, grad) in self._pcl_reads.items():
+            grad = grad and torch.is_grad_enabled()  # evaluation runs under no_grad: build no graph there
+            hidden = output.last_hidden_state[rows, positions - 1]  # the hidden state before a token predicts it
+            with maybe_gather_lm_head_ctx(head.weight, head.bias), torch.set_grad_enabled(grad):
+                h = hidden if grad else hidden.detach()
+                logits = project(h, head, ids.to(h.device), self._pcl_base.config, detach_weight=zero3)
+            self._pcl_read_logits[name] = logits / self.temperature
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(*args, **kwargs)
         if self._pcl_nll_mask is not None:
-            # Keep the graph-connected segment log-probs for the NLL, and hand the policy loss zeros there: they are
-            # masked out of it anyway, and zeros keep exp(ref - logp) finite against zero-padded ref log-probs
+            # The segment NLL reads the graph-connected log-probs (log p(MARKER) where the marker replaced an EOS)
             self._pcl_logps = logps
-            logps = logps.masked_fill(self._pcl_nll_mask, 0.0)
+            # The policy loss sees what the parent would: zeros on the segment (masked out of it anyway, and zeros
+            # keep exp(ref - logp) finite against zero-padded ref log-probs), and log p(EOS) where the EOS was
+            # sampled: log p(EOS) = log p(MARKER) + (z_EOS - z_MARKER) / T, from the same forward pass
+            logps = logps.masked_fill(self._pcl_nll_mask & ~self._pcl_stop_mask, 0.0)
+            stop = self._pcl_read_logits.pop("stop", None)
+            if stop is not None:
+                rows, cols = self._pcl_eos_mask.nonzero(as_tuple=True)
+                logps = logps.index_put((rows, cols), logps[rows, cols] + stop[:, 0] - stop[:, 1])
         return logps, entropies, aux_loss
 
     def _compute_loss(self, model, inputs):
@@ -309,15 +333,30 @@ class PCLGRPOTrainer(GRPOTrainer):
         has_score = target >= 0
         rows = has_score.nonzero().squeeze(1)
         prompt_len = inputs["prompt_ids"].size(1)
-        self._pcl_score_index = (rows, prompt_len + score_index[rows])
         self._pcl_level_grad = self.args.self_assessment_mode == "both"
-        self._pcl_nll_mask = inputs["self_assessment_mask"] if teacher_forced else None
+        level_ids = torch.tensor(self.segment_tokens.level_ids)
+        self._pcl_reads = {"level": (rows, prompt_len + score_index[rows], level_ids, self._pcl_level_grad)}
+        if teacher_forced:
+            self._pcl_nll_mask = inputs["self_assessment_mask"]
+            stop_index, stop_id = inputs["self_assessment_stop_index"], inputs["self_assessment_stop_id"]
+            stop_rows = (stop_index >= 0).nonzero().squeeze(1)
+            self._pcl_stop_mask = torch.zeros_like(self._pcl_nll_mask)  # stops are policy tokens, never zeroed
+            self._pcl_stop_mask[stop_rows, stop_index[stop_rows]] = True
+            eos_rows = (stop_id >= 0) & (stop_id != self.segment_tokens.marker_id)
+            self._pcl_eos_mask = torch.zeros_like(self._pcl_nll_mask)  # where the marker replaced a sampled EOS
+            eos_rows = eos_rows.nonzero().squeeze(1)
+            self._pcl_eos_mask[eos_rows, stop_index[eos_rows]] = True
+            if len(eos_rows):
+                marker = torch.full_like(eos_rows, self.segment_tokens.marker_id)
+                ids = torch.stack([stop_id[eos_rows], marker], dim=1)
+                self._pcl_reads["stop"] = (eos_rows, prompt_len + stop_index[eos_rows], ids, True)
         try:
             loss = super()._compute_loss(model, inputs)
         finally:
-            self._pcl_score_index = None
+            self._pcl_reads = {}
             nll_mask, self._pcl_nll_mask = self._pcl_nll_mask, None
-        level_logits, self._pcl_level_logits = self._pcl_level_logits, None
+        level_logits = self._pcl_read_logits.pop("level", None)
+        self._pcl_read_logits = {}
 
         # Like the DAPO normaliser: the global item count of the generation batch, rescaled to one micro-batch
         normalizer = inputs["self_assessment_num_items"].clamp(min=1.0) / self.accelerator.num_processes
@@ -333,11 +372,14 @@ class PCLGRPOTrainer(GRPOTrainer):
             n_items = has_score.sum()
         else:
             nll_sum = n_items = None
+        term = torch.zeros((), device=loss.device)
         if nll_sum is not None and self.args.self_assessment_weight > 0:
-            loss = loss + self.args.self_assessment_weight * nll_sum / normalizer
+            term = self.args.self_assessment_weight * nll_sum / normalizer
+            loss = loss + term
 
-        # Metrics, global over ranks
-        stats = [torch.zeros((), device=loss.device) for _ in range(5)]
+        # Metrics, global over ranks. `loss` (TRL's) includes the segment term; `self_assessment/loss` is that term,
+        # so the policy loss is their difference
+        stats = [torch.zeros((), device=loss.device) for _ in range(6)]
         if nll_sum is not None:
             stats[0], stats[1] = nll_sum.detach(), n_items.float()
         if level_logp is not None and len(rows):
@@ -347,7 +389,9 @@ class PCLGRPOTrainer(GRPOTrainer):
             stats[2] = (((probs * values).sum(-1) - truth) ** 2).sum()
             stats[3] = (probs.argmax(-1) == target[rows]).sum().float()
             stats[4] = torch.tensor(float(len(rows)), device=loss.device)
-        nll, n, brier, correct, n_scores = self.accelerator.reduce(torch.stack(stats), reduction="sum").tolist()
+        stats[5] = term.detach() / self.accelerator.num_processes
+        nll, n, brier, correct, n_scores, seg_loss = self.accelerator.reduce(torch.stack(stats), "sum").tolist()
+        self._metrics[mode]["self_assessment/loss"].append(seg_loss)
         if n > 0:
             self._metrics[mode]["self_assessment/nll"].append(nll / n)
         if n_scores > 0:

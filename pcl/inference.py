@@ -42,7 +42,8 @@ class Generation:
         token_ids (`list[int]`): The generated ids (padding removed).
         tokens_after_marker (`int`): Tokens generated after the first marker (0 in deploy mode).
         self_score (`float`, *optional*): With `generate(..., self_score=True)`, the expected normalised score read
-            from the generation's own KV cache right after the marker (`None` for answers that did not stop there).
+            from the generation's own KV cache right after the marker; answers that stopped at EOS are scored by one
+            readout pass over `answer MARKER` (`None` for answers cut at `max_new_tokens`).
     """
 
     text: str
@@ -205,7 +206,8 @@ def generate(
     the marker is removed from the stop ids, so the model goes on to write `[prefix] SCORE EOS` (to measure what the
     written self-assessment costs). With `self_score=True` (deploy mode only) each answer that stops at the marker also
     gets its self-score, read from the generation's KV cache: the same value as `pcl.readout.self_scores`, for
-    `len(prefix) + 1` extra decoding steps per batch instead of a second pass over prompt and answer. The score is read
+    `len(prefix) + 1` extra decoding steps per batch instead of a second pass over prompt and answer. Answers that stop
+    at an EOS id get the same readout in a separate pass (their cache ends with EOS, not the marker). The score is read
     from the model's raw logits, so the generation config's logits processors and warpers (repetition penalty,
     suppressed tokens, temperature, top-k...) shape the answer but not its score, with or without sampling.
     """
@@ -260,12 +262,29 @@ def generate(
                 }
             with reader.capture(model) if self_score else contextlib.nullcontext():
                 out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **{**kwargs, **extra})
+            batch = []
             for i, row in enumerate(out[:, input_ids.size(1) :].tolist()):
                 gen = _to_generation(row[:max_new_tokens] if self_score else row, stop_ids, tokens, tokenizer)
                 if self_score and gen.stop == "marker":
                     gen.self_score = reader.scores[i]
-                results.append(gen)
+                batch.append(gen)
+            if self_score:
+                _score_eos_stops(model, tokenizer, [prompts[i] for i in idx], batch, tokens)
+            results.extend(batch)
     return results
+
+
+def _score_eos_stops(model, tokenizer, prompts: Sequence[Prompt], gens: list[Generation], tokens: SegmentTokens):
+    """Answers that stopped at an EOS id instead of the marker (a model that has not learnt the marker stop yet, e.g.
+    early in drop-in PCL-GRPO) are scored in the context PCL trains them in, `answer MARKER`, by one readout pass:
+    their KV cache ends with EOS, which the score was never trained after."""
+    from .readout import self_scores  # readout builds on this module
+
+    rows = [i for i, g in enumerate(gens) if g.stop == "eos"]
+    if rows:
+        scores = self_scores(model, tokenizer, [prompts[i] for i in rows], [gens[i].text for i in rows], tokens=tokens)
+        for i, score in zip(rows, scores, strict=True):
+            gens[i].self_score = score
 
 
 class _Stop(StoppingCriteria):

@@ -5,11 +5,19 @@ Because the marker is one special token in `model.generation_config.eos_token_id
 and vLLM (`stop_token_ids`) all stop there with no extra code, and the saved model stops there in any engine.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, fields
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
 
 from .segment import SegmentFormat, SegmentTokens
 
@@ -27,6 +35,11 @@ def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, proce
     name = model if isinstance(model, str) else model.config._name_or_path
     if args is None:
         args = config_cls(f"{name.split('/')[-1]}-{suffix}")
+    elif isinstance(args, TrainingArguments) and not isinstance(args, config_cls):
+        # Like TRL's SFTTrainer does with a plain `TrainingArguments`: keep every value, PCL's options at defaults
+        values = {k: v for k, v in args.to_dict().items() if k in {f.name for f in fields(config_cls) if f.init}}
+        values["hub_token"] = args.hub_token  # to_dict hides it
+        args = config_cls(**values)
     if not isinstance(args, config_cls):
         raise TypeError(f"`args` must be a {config_cls.__name__}, got {type(args).__name__}.")
     if processing_class is None:
@@ -34,14 +47,17 @@ def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, proce
     return args, processing_class
 
 
-def attach_hook(module, hook, **kwargs) -> None:
-    """Register PCL's forward hook on `module`, replacing one a previous PCL trainer left on the same model.
+def attach_hook(model: torch.nn.Module, hook, module: torch.nn.Module | None = None, **kwargs) -> None:
+    """Register PCL's forward hook on `module` (default: `model`), after removing any PCL hook left anywhere in `model`.
 
-    A model object reused by a second trainer would otherwise carry both hooks (and weight its segment twice).
+    A model object reused by a second trainer (e.g. PCL-SFT, then PCL-GRPO) would otherwise carry both trainers'
+    hooks, on different submodules, and the second trainer's segment would be reweighted by the first's.
     """
-    old = getattr(module, "_pcl_hook", None)
-    if old is not None:
-        old.remove()
+    for sub in model.modules():
+        old = sub.__dict__.pop("_pcl_hook", None)
+        if old is not None:
+            old.remove()
+    module = model if module is None else module
     module._pcl_hook = module.register_forward_hook(hook, **kwargs)
 
 
@@ -115,8 +131,7 @@ def prepare_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fm
     `resize_token_embeddings` gathers partitioned parameters itself under DeepSpeed ZeRO-3.
     """
     tokens = segment_tokens(tokenizer, fmt, model)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    resize_for_marker(model, tokenizer, tokens)
     gen = model.generation_config
     eos = gen.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
@@ -128,6 +143,55 @@ def prepare_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fm
         gen.pad_token_id = tokenizer.pad_token_id
     setattr(model.config, CONFIG_KEY, {**asdict(fmt), "reward_range": list(fmt.reward_range)})
     return tokens
+
+
+def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens) -> bool:
+    """Resize the embeddings when the tokenizer outgrew them (a newly added marker); return whether it resized.
+
+    The marker's new input and output rows start as copies of EOS's rather than the default mean init: the marker
+    takes the place of EOS as the stop, and a mean-initialised output row would take ~1/V of the probability mass at
+    every position (on a small vocabulary that stops rollouts mid-answer). `resize_token_embeddings` gathers
+    partitioned parameters itself under DeepSpeed ZeRO-3; the copy gathers them too.
+    """
+    if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
+        return False
+    model.resize_token_embeddings(len(tokenizer))
+    rows = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not rows[0]:
+        rows.append(out.weight)
+    if out is not None and out.bias is not None:
+        rows.append(out.bias)
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    gather = contextlib.nullcontext()
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(rows, modifier_rank=0)
+    with gather, torch.no_grad():
+        for weight in rows:
+            weight[tokens.marker_id] = weight[tokens.eos_id]
+    return True
+
+
+@contextlib.contextmanager
+def resize_on_creation(module, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens):
+    """Within the block, models that `module.create_model_from_path` loads (TRL's policy and reference models) are
+    resized for the marker as they are created, before TRL wraps them (DeepSpeed, FSDP), which a resize cannot follow.
+    """
+    original = module.create_model_from_path
+
+    def create(*args, **kwargs):
+        model = original(*args, **kwargs)
+        resize_for_marker(model, tokenizer, tokens)
+        return model
+
+    module.create_model_from_path = create
+    try:
+        yield
+    finally:
+        module.create_model_from_path = original
 
 
 def format_of(model: PreTrainedModel) -> SegmentFormat:

@@ -22,11 +22,20 @@ class SelfAssessmentArguments:
             `k / (levels - 1)`. Each level must be a single token (digits `0`-`9` are on every common tokenizer).
         self_assessment_prefix (`str`, *optional*, defaults to `""`):
             Fixed text between the marker and the score, e.g. `"confidence: "`.
-        self_assessment_reward_range (`list[float]`, *optional*, defaults to `[0.0, 1.0]`):
-            Declared range `[lo, hi]` of the reward (of the weighted sum of the reward functions), used to normalise
-            it into `[0, 1]`.
+        self_assessment_reward_range (`list[float]` or `None`, *optional*, defaults to `None`):
+            How a reward becomes a score target in `[0, 1]`. `None` ("auto") never fails on a reward's scale: in
+            PCL-GRPO each reward function's value is first mapped to `[0, 1]` (a reward model's raw score `s`, which
+            TRL reads from `logits[:, 0]`, through `sigmoid(s)`, the Bradley-Terry probability of beating a score-0
+            reference; a callable's value is taken as it is, and a callable that returns values outside `[0, 1]`
+            widens its own running range, starting from `[0, 1]`, to the minimum and maximum it has returned so far
+            over all processes, with a warning), then the weighted sum is normalised by the weights' bounds
+            (`sum(min(w, 0))` to `sum(max(w, 0))` over the functions that returned a value), so two 0/1 rewards with
+            weights `[1, 1]` map `[0, 2]` to `[0, 1]` and a single 0/1 reward maps to itself. A declared range
+            `[lo, hi]` instead normalises the weighted sum of the raw rewards as `(r - lo) / (hi - lo)`, with
+            `self_assessment_out_of_range` deciding what happens outside it.
         self_assessment_out_of_range (`str`, *optional*, defaults to `"error"`):
-            What to do with a reward outside the declared range: `"error"` (refuse) or `"clip"`.
+            What to do with a reward outside a declared `self_assessment_reward_range`: `"error"` (refuse) or
+            `"clip"`. Unused in auto mode.
         self_assessment_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the teacher-forced loss on the assessment tokens (score and closing EOS). `0.0` trains exactly
             like the parent TRL trainer.
@@ -43,13 +52,20 @@ class SelfAssessmentArguments:
     self_assessment_prefix: str = field(
         default="", metadata={"help": "Fixed text between the marker and the score, e.g. 'confidence: '."}
     )
-    self_assessment_reward_range: list[float] = field(
-        default_factory=lambda: [0.0, 1.0],
-        metadata={"help": "Declared range [lo, hi] of the (weighted) reward, used to normalise it into [0, 1]."},
+    self_assessment_reward_range: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Declared range [lo, hi] of the (weighted) reward, used to normalise it into [0, 1]. None (auto): "
+            "reward models through a sigmoid, callables in [0, 1] or their own running range, the weighted sum "
+            "normalised by the weights' bounds."
+        },
     )
     self_assessment_out_of_range: str = field(
         default="error",
-        metadata={"help": "Reward outside the declared range: 'error' or 'clip'.", "choices": ["error", "clip"]},
+        metadata={
+            "help": "Reward outside a declared range: 'error' or 'clip' (unused in auto mode).",
+            "choices": ["error", "clip"],
+        },
     )
     self_assessment_weight: float = field(
         default=1.0, metadata={"help": "Weight of the teacher-forced loss on the assessment tokens."}
@@ -67,15 +83,22 @@ class SelfAssessmentArguments:
             )
 
     @property
+    def self_assessment_auto_range(self) -> bool:
+        """Whether rewards are normalised automatically (`self_assessment_reward_range=None`)."""
+        return self.self_assessment_reward_range is None
+
+    @property
     def segment_format(self) -> SegmentFormat:
-        if len(self.self_assessment_reward_range) != 2:
-            raise ValueError(
-                f"`self_assessment_reward_range` must be [lo, hi], got {self.self_assessment_reward_range}."
-            )
+        """The segment format; in auto mode its `reward_range` is `(0.0, 1.0)`, the range of the mapped rewards."""
+        reward_range = self.self_assessment_reward_range
+        if reward_range is None:
+            reward_range = (0.0, 1.0)
+        elif len(reward_range) != 2:
+            raise ValueError(f"`self_assessment_reward_range` must be [lo, hi] or None, got {reward_range}.")
         return SegmentFormat(
             marker=self.self_assessment_marker,
             levels=self.self_assessment_levels,
             prefix=self.self_assessment_prefix,
-            reward_range=tuple(self.self_assessment_reward_range),
+            reward_range=tuple(reward_range),
             out_of_range=self.self_assessment_out_of_range,
         )

@@ -1,11 +1,11 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Input checks shared by the trainers: dataset rows and reward values that would otherwise train silently wrong."""
 
-import functools
-import inspect
 import math
 from collections.abc import Callable
 from numbers import Real
+
+from trl.trainer.utils import get_callable_name, is_async_callable
 
 
 def row_texts(value, field: str, idx: int, name: str) -> list[str]:
@@ -33,23 +33,49 @@ def check_no_marker(texts: list[str], marker: str, idx: int, name: str) -> None:
         )
 
 
+def _check_rewards(func: Callable, rewards) -> None:
+    for i, r in enumerate(rewards):
+        if r is not None and (isinstance(r, bool) or not isinstance(r, Real) or math.isinf(r)):
+            raise ValueError(
+                f"Reward function {get_callable_name(func)!r} returned {r!r} for sample {i}: rewards must be finite "
+                "numbers, or None for 'not applicable'."
+            )
+
+
 def checked_reward_func(func: Callable) -> Callable:
     """Wrap a reward function so a non-numeric reward names the function and the value (TRL's own error does not).
 
-    Reward models (`nn.Module`) and async functions are returned as they are.
+    The wrapper keeps what TRL reads from a reward function: its name (`rewards/<name>` in the logs, a callable
+    instance's class name included) and whether calling it returns a coroutine (async functions and instances with an
+    async `__call__` stay async). Reward models (`nn.Module`) and non-callables (model names) are returned as they are.
     """
-    if not callable(func) or inspect.iscoroutinefunction(func) or hasattr(func, "forward"):
+    if not callable(func) or hasattr(func, "forward"):
         return func
+    if is_async_callable(func):
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        rewards = func(*args, **kwargs)
-        for i, r in enumerate(rewards):
-            if r is not None and (isinstance(r, bool) or not isinstance(r, Real) or math.isinf(r)):
-                raise ValueError(
-                    f"Reward function {getattr(func, '__name__', func)!r} returned {r!r} for sample {i}: rewards must "
-                    "be finite numbers, or None for 'not applicable'."
-                )
-        return rewards
+        async def wrapper(*args, **kwargs):
+            rewards = await func(*args, **kwargs)
+            _check_rewards(func, rewards)
+            return rewards
 
+    else:
+
+        def wrapper(*args, **kwargs):
+            rewards = func(*args, **kwargs)
+            _check_rewards(func, rewards)
+            return rewards
+
+    wrapper.__name__ = wrapper.__qualname__ = get_callable_name(func)
+    wrapper.__doc__ = getattr(func, "__doc__", None)
+    wrapper.__wrapped__ = func
     return wrapper
+
+
+def check_prompts(dataset, marker: str, name: str) -> None:
+    """GRPO datasets: a `prompt` column whose prompts are well-formed and free of the marker."""
+    if dataset is None or getattr(dataset, "column_names", None) is None:
+        return
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"The {name} dataset has no 'prompt' column (columns: {dataset.column_names}).")
+    for idx, prompt in enumerate(dataset["prompt"]):
+        check_no_marker(row_texts(prompt, "prompt", idx, name), marker, idx, name)

@@ -7,6 +7,7 @@ import inspect
 import trl
 from packaging.version import Version
 from trl import GRPOTrainer, SFTTrainer
+from trl.trainer import grpo_trainer as grpo_module
 from trl.trainer import utils as trl_utils
 
 
@@ -73,3 +74,38 @@ def test_sft_loss_reads_fused_log_probs():
     assert "per_token_loss = -outputs.log_probs" in src
     init = source(SFTTrainer.__init__)
     assert 'outputs=("log_probs", "entropy", "is_top1")' in init
+
+
+def test_grpo_internals_of_the_drop_in_layout_and_rewards():
+    init = source(GRPOTrainer.__init__)
+    # The reference (and a policy given by name) come from `create_model_from_path`, looked up in TRL's module
+    # namespace, before TRL wraps them: PCL resizes them for the marker as they are created
+    assert "self.ref_model = create_model_from_path(" in init
+    assert callable(grpo_module.create_model_from_path)
+    assert "if reward_funcs is None:\n            reward_funcs = []" in init
+    assert "self.reward_func_names.append(get_callable_name(reward_funcs[i]))" in init
+    assert "is_async_callable(func) for func in self.reward_funcs" in init
+    assert "self.num_generations_eval = args.num_generations_eval or self.num_generations" in init
+    # The policy loss reads the log-probs PCL hands back (log p(EOS) substituted at a replaced stop), also as "old"
+    loss = source(GRPOTrainer._compute_loss)
+    assert "old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None" in loss
+    # TRL's advantage scaling, which the generated mode's consistency advantages mirror
+    score = source(GRPOTrainer._generate_and_score_completions)
+    assert "std_rewards = nanstd(rewards.view(-1, num_generations), dim=1)" in score
+    assert "std_rewards = nanstd(rewards).expand_as(rewards)" in score
+    assert 'num_generations = self.num_generations if mode == "train" else self.num_generations_eval' in score
+    # Checkpoint hooks that carry the running reward ranges
+    assert params(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
+    assert params(GRPOTrainer._load_optimizer_and_scheduler) == ["self", "checkpoint"]
+
+
+def test_fused_head_logit_transform_matches_pcl_head():
+    """`pcl.head` applies the model's logit transforms in the order TRL's fused head does: scale, soft-cap, 1/T."""
+    from trl.kernels import chunked_logprob
+
+    src = source(chunked_logprob._torch_transform)
+    assert src.index("z * logit_scale") < src.index("softcap * torch.tanh(z / softcap)") < src.index("z * inv_t")
+    fused = source(trl_utils.add_fused_lm_head)
+    for key in ('"final_logit_softcapping"', '"logit_scale"', '"output_multiplier"', '"lm_head_multiplier"'):
+        assert key in fused
+    assert 'logits_scaling if text_config.model_type == "hyperclovax" else 1 / logits_scaling' in fused

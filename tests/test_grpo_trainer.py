@@ -1,5 +1,6 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -38,11 +39,21 @@ def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config)
     return trainer
 
 
-def rollout(trainer, seed=0):
-    """Parent GRPO output for one generation batch, and the same batch with PCL's segments appended."""
+def rollout(trainer, seed=0, end_at_eos=True):
+    """Parent GRPO output for one generation batch, and the same batch with PCL's segments appended.
+
+    With `end_at_eos`, rows the length limit cut are closed with EOS instead (a model that ends its answers at EOS, as
+    every model does before PCL training), so each batch has rows ending at the marker, at EOS, and truncated.
+    """
     batch = next(iter(trainer.get_train_dataloader()))
     torch.manual_seed(seed)
     plain = GRPOTrainer._generate_and_score_completions(trainer, batch)
+    if end_at_eos:
+        tokens = trainer.segment_tokens
+        for i, ids in enumerate(trainer._pcl_completion_ids):
+            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids) and i % 2 == 0:
+                ids[-1] = tokens.eos_id
+                plain["completion_ids"][i, len(ids) - 1] = tokens.eos_id
     pcl = {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in plain.items()}
     trainer._append_segments(pcl)
     return plain, pcl
@@ -91,27 +102,50 @@ class TestSegmentLayout:
         assert trainer.vllm_generation.generation_kwargs["stop_token_ids"] == [5, trainer.segment_tokens.marker_id]
 
     def test_segments_carry_true_reward_and_stay_out_of_policy_loss(self, model_dir, tokenizer, tmp_path):
-        trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_prefix="s:")
-        plain, pcl = rollout(trainer)
+        seen = {}
+
+        def reward(completions, **kwargs):
+            # Mixed rewards, and a record of what each completion was scored
+            values = [float(len(c) % 2) for c in completions]
+            seen.update(zip(completions, values, strict=True))
+            return values
+
+        trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=reward, self_assessment_prefix="s:")
+        originals = None
+        batch = next(iter(trainer.get_train_dataloader()))
+        torch.manual_seed(0)
+        plain = GRPOTrainer._generate_and_score_completions(trainer, batch)
+        originals = [list(ids) for ids in trainer._pcl_completion_ids]
+        pcl = {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in plain.items()}
+        trainer._append_segments(pcl)
         tokens = trainer.segment_tokens
-        rewarded = 0
-        for i, ids in enumerate(trainer._pcl_completion_ids):
+        ends = {"marker": 0, "eos": 0}
+        for i, ids in enumerate(originals):
             row = pcl["completion_ids"][i].tolist()
-            assert row[: len(ids)] == ids
             assert torch.equal(pcl["completion_mask"][i, : len(ids)], plain["completion_mask"][i, : len(ids)])
-            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids):  # truncated: no segment
+            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids):  # truncated: no segment, row unchanged
+                assert row[: len(ids)] == ids
                 assert pcl["self_assessment_target"][i] == -1 and not pcl["self_assessment_mask"][i].any()
                 continue
-            rewarded += 1
-            level = round(trainer._pcl_targets[i] * 9)
-            head = [] if ids[-1] == tokens.marker_id else [tokens.marker_id]
-            segment = head + tokens.assessment_ids(level)
+            # The level comes from the reward function's own value for this completion, not from the trainer
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            level = round(seen[text] * 9)
+            segment = tokens.assessment_ids(level)
+            # Rows ending at EOS end at the marker instead: the score sits where the readout reads it
+            assert row[: len(ids)] == ids[:-1] + [tokens.marker_id]
             span = slice(len(ids), len(ids) + len(segment))
             assert row[span] == segment
             assert pcl["tool_mask"][i, span].sum() == 0 and pcl["completion_mask"][i, span].all()
-            assert pcl["self_assessment_mask"][i].sum() == len(segment) - len(head)
+            assert pcl["tool_mask"][i, len(ids) - 1] == 1  # the stop is a policy token
+            nll = pcl["self_assessment_mask"][i]
+            stop_replaced = ids[-1] != tokens.marker_id
+            assert nll[span].all() and nll.sum() == len(segment) + 1
+            assert nll[len(ids) - 1]  # teach the stop: log p(MARKER) joins the segment NLL, whatever was sampled
+            assert pcl["self_assessment_stop_index"][i] == len(ids) - 1
+            assert pcl["self_assessment_stop_id"][i] == ids[-1]
             assert pcl["self_assessment_target"][i] == level
-        assert rewarded > 0
+            ends["eos" if stop_replaced else "marker"] += 1
+        assert ends["marker"] + ends["eos"] > 0
         assert pcl["num_items_in_batch"] == plain["num_items_in_batch"]  # the policy's token count is unchanged
 
 
@@ -131,7 +165,9 @@ def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_t
         self_assessment_weight=0.0,
     )  # fmt: skip
     plain, pcl = rollout(trainer)
-    assert pcl["self_assessment_mask"].any()
+    assert (
+        pcl["self_assessment_mask"].any() and (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    )
     with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
         for p in trainer.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -206,10 +242,81 @@ class TestGeneratedMode:
         assert "self_assessment/consistency" in logs and "self_assessment/frac_with_segment" in logs
 
 
-def test_out_of_range_reward_is_refused(model_dir, tokenizer, tmp_path):
-    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=lambda completions, **kw: [3.0] * len(completions))
+def test_out_of_range_reward_is_refused_with_a_declared_range(model_dir, tokenizer, tmp_path):
+    reward = lambda completions, **kw: [3.0] * len(completions)  # noqa: E731
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=reward, self_assessment_reward_range=[0.0, 1.0])
     with pytest.raises(ValueError, match="outside the declared `self_assessment_reward_range`"):
         trainer.train()
+
+
+def reward_model(tokenizer, seed=1):
+    """A tiny sequence-classification reward model: raw scores of either sign, like a real one."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.mul_(50.0)  # scores of several units, both signs
+    return model
+
+
+def length_reward(completions, **kwargs):
+    return [len(c) - 4.0 for c in completions]  # outside [0, 1]: a running range
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_rewards_of_any_scale_train(model_dir, tokenizer, tmp_path, cls):
+    """Reward models with negative scores and summed rewards outside [0, 1] train like with the stock trainer."""
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else __import__("trl").GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        reward_weights=[1.0, 2.0, 0.5],
+    ))  # fmt: skip
+    trainer = cls(
+        model_dir, [reward_model(tokenizer), parity_reward, length_reward], args=args,
+        train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer,
+        reward_processing_classes=[tokenizer, None, None],
+    )  # fmt: skip
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_auto_targets_computed_from_the_reward_functions(model_dir, tokenizer, tmp_path):
+    """The target of each row, from the reward functions' own values: sigmoid of a reward model's score, a callable
+    in [0, 1] as it is, one outside by its running range, the weighted sum normalised by the weights' bounds."""
+    rm = reward_model(tokenizer)
+    scores, lengths = [], []
+    rm.register_forward_hook(lambda m, a, out: scores.append(out.logits[:, 0].detach().clone()))
+
+    def length(completions, **kwargs):
+        lengths.extend(len(c) - 4.0 for c in completions)
+        return [len(c) - 4.0 for c in completions]
+
+    weights = [1.0, 2.0, 0.5]
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=1,
+        reward_weights=weights, log_completions=False,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, [rm, parity_reward, length], args=args, train_dataset=Dataset.from_list(PROMPTS),
+        processing_class=tokenizer, reward_processing_classes=[tokenizer, None, None],
+    )  # fmt: skip
+    trainer.model.train()
+    _, pcl = rollout(trainer, end_at_eos=False)
+    texts = tokenizer.batch_decode(trainer._pcl_completion_ids, skip_special_tokens=True)
+    score = torch.cat(scores)
+    assert (score < 0).any() and (score > 1).any()  # the reward model's scores leave [0, 1] on both sides
+    lo, hi = min(0.0, *lengths), max(1.0, *lengths)
+    for i, text in enumerate(texts):
+        mapped = [torch.sigmoid(score[i]).item(), float(len(text) % 2), (lengths[i] - lo) / (hi - lo)]
+        expected = sum(w * m for w, m in zip(weights, mapped, strict=True)) / sum(weights)
+        assert trainer._pcl_targets[i] == pytest.approx(expected, abs=1e-6)
+        if pcl["self_assessment_target"][i] >= 0:
+            assert pcl["self_assessment_target"][i] == round(expected * 9)
 
 
 def test_marker_in_prompts_is_refused(model_dir, tokenizer, tmp_path):
@@ -252,9 +359,261 @@ def test_conversational_prompts(model_dir, tokenizer, tmp_path):
     assert "self_assessment/frac_with_segment" in trainer.state.log_history[0]
 
 
-def test_args_must_be_a_pcl_config(model_dir, tokenizer, tmp_path):
-    from trl import GRPOConfig
+@pytest.mark.parametrize("args_cls", ["GRPOConfig", "TrainingArguments"])
+def test_plain_trl_args_are_converted(model_dir, tokenizer, tmp_path, args_cls):
+    """A recipe's `GRPOConfig` (or `TrainingArguments`) keeps its values and gets PCL's defaults."""
+    import transformers
+    import trl
 
-    args = GRPOConfig(output_dir=str(tmp_path), bf16=False)
-    with pytest.raises(TypeError, match="must be a PCLGRPOConfig"):
-        PCLGRPOTrainer(model_dir, parity_reward, args=args, processing_class=tokenizer)
+    cls = getattr(trl, args_cls, None) or getattr(transformers, args_cls)
+    args = cls(output_dir=str(tmp_path), learning_rate=3e-5, **cpu_args())
+    if args_cls == "GRPOConfig":
+        args.num_generations = 4  # a GRPO-only value must survive too
+    trainer = PCLGRPOTrainer(
+        model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer
+    )
+    assert isinstance(trainer.args, PCLGRPOConfig) and trainer.args.learning_rate == 3e-5
+    assert trainer.args.self_assessment_auto_range and trainer.args.self_assessment_weight == 1.0
+    if args_cls == "GRPOConfig":
+        assert trainer.num_generations == 4
+
+
+ENV_TEMPLATE = "qwen3.jinja"
+
+
+class RewardEnv:
+    def reset(self, **kwargs):
+        return None
+
+    def get_reward(self):
+        return 0.5
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_reward_funcs_none_with_an_environment_reward(model_dir, tokenizer, tmp_path, cls, monkeypatch):
+    """`reward_funcs=None`: the environment owns the reward, as in TRL 1.16."""
+    import os
+
+    import trl
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    with open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", ENV_TEMPLATE)) as f:
+        tokenizer.chat_template = f.read()  # the environment's tools need a tool-calling template
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+    ))  # fmt: skip
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "1 + 1 ="}]}] * 8)
+    trainer = cls(
+        model_dir, None, args=args, train_dataset=data, processing_class=tokenizer, environment_factory=RewardEnv
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/RewardEnv/mean"] == 0.5
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_reward_funcs_none_without_a_reward_source_gives_trls_message(model_dir, tokenizer, tmp_path, cls):
+    import trl
+
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(per_device_train_batch_size=4, num_generations=4))
+    with pytest.raises(ValueError, match="No reward source provided"):
+        cls(model_dir, None, args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_weight_zero_accepts_what_the_parent_accepts(model_dir, tokenizer, tmp_path, cls):
+    """With weight 0 PCL adds no reward checks: booleans and rewards outside a declared range train as in TRL."""
+    import trl
+
+    def flags(completions, **kwargs):
+        return [len(c) % 2 == 0 for c in completions]  # bools: refused by PCL's check when the segment is trained
+
+    def big(completions, **kwargs):
+        return [5.0 * len(c) for c in completions]
+
+    extra = dict(self_assessment_weight=0.0, self_assessment_reward_range=[0.0, 1.0]) if cls is PCLGRPOTrainer else {}
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        **extra,
+    ))  # fmt: skip
+    trainer = cls(
+        model_dir, [flags, big], args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer
+    )
+    trainer.train()
+    assert "rewards/flags/mean" in trainer.state.log_history[0]
+
+
+def test_logs_the_segment_term_beside_the_loss(model_dir, tokenizer, tmp_path):
+    """`loss` includes the segment term; `self_assessment/loss` is that term, so the policy loss stays readable."""
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_weight=0.5)
+    _, pcl = rollout(trainer)
+    loss = trainer._compute_loss(trainer.model, pcl)
+    term = trainer._metrics["train"]["self_assessment/loss"][-1]
+    trainer.args.self_assessment_weight = 0.0
+    policy = trainer._compute_loss(trainer.model, pcl)
+    assert term > 0 and loss.item() - policy.item() == pytest.approx(term, rel=1e-5)
+    assert trainer._metrics["train"]["self_assessment/loss"][-1] == 0.0
+
+
+@pytest.fixture
+def gemma_dir(tokenizer, tmp_path):
+    """A tiny Gemma 2 (soft-capped logits), large enough logits that the cap matters."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(10.0)
+    path = tmp_path / "gemma"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_level_logits_are_the_models_own(gemma_dir, tokenizer, tmp_path):
+    """The score levels read from the backbone hook equal the model's logits (soft-capped) at the fused temperature."""
+    trainer = make_trainer(gemma_dir, tokenizer, tmp_path, temperature=0.7)
+    _, pcl = rollout(trainer)
+    rows = (pcl["self_assessment_target"] >= 0).nonzero().squeeze(1)
+    assert len(rows)
+    positions = pcl["prompt_ids"].size(1) + pcl["self_assessment_score_index"][rows]
+    ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+    attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
+    level_ids = torch.tensor(trainer.segment_tokens.level_ids)
+    trainer._pcl_reads = {"level": (rows, positions, level_ids, False)}
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits
+    trainer._pcl_reads = {}
+    expected = logits[rows, positions - 1][:, level_ids] / 0.7
+    torch.testing.assert_close(trainer._pcl_read_logits["level"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_weight_zero_gradients_equal_grpo_soft_capped(gemma_dir, tokenizer, tmp_path, beta):
+    """log p(EOS) at a replaced stop is the model's own, soft-capping included: weight 0 is still plain GRPO."""
+    trainer = make_trainer(gemma_dir, tokenizer, tmp_path, beta=beta, num_iterations=2, self_assessment_weight=0.0)
+    plain, pcl = rollout(trainer)
+    assert (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+
+def test_reference_model_gets_the_marker_before_it_is_wrapped(tokenizer, tmp_path, monkeypatch):
+    """beta > 0 with a marker that needs a resize: the reference model is resized (marker row from EOS) as it is
+    created, before TRL wraps it (DeepSpeed / FSDP / accelerate), since a wrapped model cannot be resized."""
+    from accelerate import Accelerator
+
+    from pcl.tiny import build_char_tokenizer, build_tiny_model
+
+    base_tok = build_char_tokenizer(marker=None)
+    path = tmp_path / "no-marker"
+    build_tiny_model(base_tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(path)
+    base_tok.save_pretrained(path)
+    wrapped_sizes = []
+    original = Accelerator.prepare_model
+
+    def prepare_model(self, model, *args, evaluation_mode=False, **kwargs):
+        if evaluation_mode:  # how TRL wraps the reference model outside DeepSpeed/FSDP
+            wrapped_sizes.append(model.get_input_embeddings().num_embeddings)
+        return original(self, model, *args, evaluation_mode=evaluation_mode, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "prepare_model", prepare_model)
+    trainer = make_trainer(str(path), base_tok, tmp_path, beta=0.04, max_steps=1)
+    marker, eos = trainer.segment_tokens.marker_id, trainer.segment_tokens.eos_id
+    assert wrapped_sizes == [len(base_tok)] and marker == len(base_tok) - 1
+    for model in (trainer.model, trainer.ref_model):
+        for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            assert torch.equal(w[marker], w[eos])
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_segment_log_probs_never_reach_the_kl(model_dir, tokenizer, tmp_path, monkeypatch):
+    """beta > 0: the reference log-probs are padded with 0 on the segment, so the policy must see 0 there too, however
+    unlikely the segment tokens are (exp(ref - logp) would overflow to inf, and inf * 0 = NaN in the masked mean)."""
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, beta=0.04, self_assessment_weight=0.0)
+    _, pcl = rollout(trainer)
+    segment = pcl["tool_mask"] == 0
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def very_unlikely_segment(self, *args, **kwargs):
+        logps, entropies, aux = original(self, *args, **kwargs)
+        return logps - 500.0 * segment, entropies, aux
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", very_unlikely_segment)
+    loss, g = grads(trainer, lambda: trainer._compute_loss(trainer.model, pcl))
+    assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in g.values())
+
+
+@pytest.mark.parametrize("mode", ["generated", "both"])
+def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_path, mode):
+    """Generated / both mode: evaluation's groups have `num_generations_eval` rows, not `num_generations`."""
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, num_generations=4, num_generations_eval=3, per_device_eval_batch_size=6,
+        max_completion_length=8, self_assessment_mode=mode, log_completions=False,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        eval_dataset=Dataset.from_list(PROMPTS[:4]), processing_class=tokenizer,
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    assert "eval_self_assessment/consistency" in metrics
+
+
+def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir, tokenizer, tmp_path):
+    """For a rollout that ended at EOS, the trained score position sees `prompt + answer + MARKER`: the level
+    distribution there is exactly what `pcl.readout.self_scores` reads for that answer."""
+    from pcl.readout import level_distribution
+
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, temperature=0.8)
+    trainer.model.eval()
+    _, pcl = rollout(trainer)
+    special = set(tokenizer.all_special_ids)
+    rows = [  # rows that ended at EOS, whose answer text re-tokenises to the same ids (no sampled <unk>)
+        r
+        for r in (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).nonzero().squeeze(1).tolist()
+        if not special & set(trainer._pcl_completion_ids[r][:-1])
+    ]
+    assert rows
+    prompts = tokenizer.batch_decode(pcl["prompt_ids"][rows], skip_special_tokens=True)
+    answers = [tokenizer.decode(trainer._pcl_completion_ids[r], skip_special_tokens=True) for r in rows]
+    read = level_distribution(trainer.model, tokenizer, prompts, answers)
+    ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+    attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1).bool()
+    level_ids = list(trainer.segment_tokens.level_ids)
+    tokens = trainer.segment_tokens
+    for k, r in enumerate(rows):
+        pos = pcl["prompt_ids"].size(1) + pcl["self_assessment_score_index"][r]
+        # The context the score is trained in (left padding aside) is the readout's `prompt + answer + MARKER`
+        context = ids[r, :pos][attention[r, :pos]]
+        readout_context = tokenizer(prompts[k] + answers[k])["input_ids"] + [tokens.marker_id, *tokens.prefix_ids]
+        assert context.tolist() == readout_context
+        with torch.no_grad():
+            logits = trainer.model(input_ids=context[None]).logits[0, -1]
+        trained = (logits[level_ids] / 0.8).softmax(-1)
+        torch.testing.assert_close(torch.as_tensor(read[k], dtype=trained.dtype), trained, rtol=1e-4, atol=1e-5)
+
+
+def test_running_reward_ranges_are_saved_with_checkpoints(model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
+    trainer.args.save_strategy, trainer.args.save_steps = "steps", 1
+    trainer.train()
+    ranges = trainer._pcl_reward_targets.ranges
+    assert ranges != [[0.0, 1.0]]
+    resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
+    resumed._load_reward_state(str(tmp_path / "out" / "checkpoint-1"))  # what resuming reads
+    assert resumed._pcl_reward_targets.ranges == ranges

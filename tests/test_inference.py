@@ -217,7 +217,9 @@ def test_self_score_from_the_generation_cache(distinct_levels):
     plain = generate(model, tokenizer, PROMPTS, max_new_tokens=6, show_progress=False, batch_size=3)
     assert [g.token_ids for g in out] == [g.token_ids for g in plain]  # the answers are the deploy-mode answers
     scored = [i for i, g in enumerate(out) if g.stop == "marker"]
-    assert scored == [0, 2, 3] and out[1].self_score is None and all(out[i].text == "4" for i in scored)
+    assert scored == [0, 2, 3] and out[1].stop == "eos" and all(out[i].text == "4" for i in scored)
+    # An answer that stopped at EOS is scored where PCL trains it, after `answer MARKER` (here the empty answer)
+    assert out[1].self_score == pytest.approx(_hand_score(model, tokenizer, tokens, PROMPTS[1], ""), abs=1e-5)
     hand = [_hand_score(model, tokenizer, tokens, PROMPTS[i], "4") for i in scored]
     # The levels do not tie, and the answers do not all get the same score
     assert max(hand) - min(hand) > 0.01 and all(abs(h - 0.5) > 0.01 for h in hand)

@@ -97,3 +97,51 @@ def test_load_refuses_broken_checkpoints(tmp_path):
             os.remove(incomplete / f)
     with pytest.raises(FileNotFoundError, match="missing .*model weights.*tokenizer files"):
         load_pcl_model(str(incomplete))
+
+
+def test_one_pcl_hook_per_model(tmp_path):
+    """A model reused from PCL-SFT into PCL-GRPO loses the SFT hook: GRPO's segment log-probs are not reweighted."""
+    import sys
+
+    import torch
+    from datasets import Dataset
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from conftest import addition_rows, cpu_args
+
+    from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    sft_args = PCLSFTConfig(output_dir=str(tmp_path / "sft"), self_assessment_weight=0.25, **cpu_args())
+    PCLSFTTrainer(model, args=sft_args, train_dataset=Dataset.from_list(addition_rows(8)), processing_class=tok)
+    grpo_args = PCLGRPOConfig(
+        output_dir=str(tmp_path / "grpo"), **cpu_args(per_device_train_batch_size=4, num_generations=4)
+    )
+    prompts = Dataset.from_list([{"prompt": "1 + 1 ="}] * 8)
+    trainer = PCLGRPOTrainer(model, lambda completions, **kw: [1.0] * len(completions), args=grpo_args,
+                             train_dataset=prompts, processing_class=tok)  # fmt: skip
+    assert sum(hasattr(m, "_pcl_hook") for m in model.modules()) == 1
+    tokens = trainer.segment_tokens
+    ids = torch.tensor(
+        [tok.encode("1 + 1 = 2", add_special_tokens=False) + [tokens.marker_id, tokens.level_ids[9], 1]]
+    )
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, torch.ones_like(ids), 4)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[:, -4:, 0]
+    torch.testing.assert_close(logps.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_new_marker_rows_start_from_eos():
+    import torch
+
+    tok = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    tokens = prepare_model(model, tok, SegmentFormat())
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert torch.equal(emb[tokens.marker_id], emb[tokens.eos_id])
+    assert torch.equal(head[tokens.marker_id], head[tokens.eos_id])
+    # the new stop takes EOS's share, not ~1/V of the mass at every position
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tok.encode("1 + 1 = 2", add_special_tokens=False)])).logits
+    torch.testing.assert_close(logits[..., tokens.marker_id], logits[..., tokens.eos_id])
