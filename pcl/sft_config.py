@@ -38,8 +38,6 @@ class PCLSFTConfig(SFTConfig, SelfAssessmentArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        # Loss paths that bypass PCL's weighting (`loss_type="dft"`, label smoothing, ...) are refused by the trainer,
+        # after SFTTrainer's own checks, so that TRL's messages come first for inputs TRL itself rejects
         self._validate_self_assessment()
-        if self.label_smoothing_factor:
-            raise ValueError("PCL-SFT weights per-token log-probs; `label_smoothing_factor` must be 0.")
-        if self.loss_type != "nll":
-            raise ValueError(f"PCL-SFT supports `loss_type='nll'` only, got {self.loss_type!r}.")
