@@ -39,12 +39,21 @@ def stock_trainer(model, tokenizer, dataset, tmp_path, **config):
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def token_weights(ids: list[int], marker_id: int, eos_id: int, weight: float, starts=()) -> list[float]:
-    """Weight of predicting each token: a plain loop over one row (the independent reference for the masks)."""
+def token_weights(ids: list[int], marker_id: int, eos_id: int, weight: float, starts=(), orphans=()) -> list[float]:
+    """Weight of predicting each token: a plain loop over one row (the independent reference for the masks).
+
+    `starts` are document starts (padding-free); with `orphans` (the level ids, no prefix), a row or document that
+    starts with `EOS` or `level EOS` (a segment tail cut off by packing) gets weight 0 there.
+    """
     weights, in_segment = [1.0] * len(ids), False
     for t, tok in enumerate(ids):
         if t in starts:
             in_segment = False
+        if orphans and (t == 0 or t in starts):
+            if tok == eos_id:
+                weights[t] = 0.0
+            elif tok in orphans and t + 1 < len(ids) and ids[t + 1] == eos_id:
+                weights[t] = weights[t + 1] = 0.0
         if in_segment:
             weights[t] = 0.0 if (tok == eos_id and ids[t - 1] == marker_id) else weight
             in_segment = tok != eos_id
@@ -53,7 +62,7 @@ def token_weights(ids: list[int], marker_id: int, eos_id: int, weight: float, st
     return weights
 
 
-def expected_loss(stock, batch, marker_id, eos_id, weight):
+def expected_loss(stock, batch, marker_id, eos_id, weight, orphans=()):
     """PCL's loss on `batch`, from the stock trainer's unweighted per-token log-probs."""
     with torch.no_grad():
         out = stock.model(**batch, fused_lm_head=True)
@@ -62,7 +71,7 @@ def expected_loss(stock, batch, marker_id, eos_id, weight):
         starts = set()
         if "position_ids" in batch:
             starts = {t for t, p in enumerate(batch["position_ids"][row].tolist()) if p == 0}
-        w = torch.tensor(token_weights(ids, marker_id, eos_id, weight, starts)[1:])
+        w = torch.tensor(token_weights(ids, marker_id, eos_id, weight, starts, orphans)[1:])
         total += -(w * log_probs).sum()
     return total / out.label_mask.sum()
 
