@@ -171,7 +171,9 @@ class PCLSFTTrainer(SFTTrainer):
                 )
                 self._pcl_renderer.fmt = self.segment_format
                 self._pcl_range_pending = False
-            dataset, formatting_func = self._pcl_renderer.render(dataset, formatting_func, dataset_name)
+            # TRL names the datasets of an eval dict by their key
+            name = dataset_name if dataset_name in ("train", "eval") else f"eval ({dataset_name})"
+            dataset, formatting_func = self._pcl_renderer.render(dataset, formatting_func, name)
         elif isinstance(dataset, (Dataset, IterableDataset)):
             # Weight 0 leaves rows unchanged; flagged rows would train their possibly wrong answer, so they go
             dataset = drop_flagged_rows(dataset, args.self_assessment_only_column)

@@ -171,20 +171,6 @@ class TestPackingAndPaddingFree:
         torch.testing.assert_close(pcl_loss(pcl, batch).detach(), expected, rtol=1e-5, atol=1e-6)
         assert (batch["input_ids"] == tokens.marker_id).sum().item() == 12
 
-    def test_truncated_document_does_not_spill(self, tokenizer):
-        """Hand-made padding-free batch: the first document lost its EOS; the second is untouched up to its marker."""
-        from pcl.marker import segment_tokens
-        from pcl.segment import orphan_tail_mask, segment_mask
-
-        tokens = segment_tokens(tokenizer, SegmentFormat())
-        doc1 = tokenizer.encode("1 = 1", add_special_tokens=False) + [tokens.marker_id, tokens.level_ids[9]]
-        doc2 = tokenizer.encode("2 = 2", add_special_tokens=False) + [tokens.marker_id, tokens.level_ids[3], 1]
-        ids = torch.tensor([doc1 + doc2])
-        position_ids = torch.tensor([list(range(len(doc1))) + list(range(len(doc2)))])
-        mask = segment_mask(ids, tokens.marker_id, tokens.eos_ids, position_ids)[0].tolist()
-        assert mask == [False] * 6 + [True] + [False] * 6 + [True, True]
-        assert not orphan_tail_mask(ids, tokens, position_ids).any()
-
 
 class TestLogging:
     @pytest.mark.parametrize("accumulation", [1, 2])
