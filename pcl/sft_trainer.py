@@ -37,15 +37,28 @@ class PCLSFTTrainer(SFTTrainer):
     """
     Dual-track SFT for [Post-Completion Learning](https://huggingface.co/papers/2507.20252).
 
-    Each row trains `completion MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
-    `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The completion and the marker
-    keep weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get
-    weight `self_assessment_weight`. Rows without a reward train `completion MARKER` and put no loss after it.
+    Each row trains `answer MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
+    `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The answer and the marker keep
+    weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get weight
+    `self_assessment_weight`. Rows without a reward train `answer MARKER` and put no loss after it. Every dataset
+    format SFTTrainer accepts works (prompt/completion, `text`, `formatting_func`, `messages`, `conversations`, tools,
+    pre-tokenized `input_ids`); `pcl.sft_data` says where the segment goes in each.
 
-    Only `__init__` (render the segment, add the marker token) and `compute_loss` (reweight the per-token log-probs
-    of TRL's fused LM head, log self-assessment metrics) are overridden. The segment is found in `input_ids` at loss
-    time, so truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged.
+    Overridden: `__init__` (add the marker token, refuse loss paths that bypass the weighting), `_prepare_dataset`
+    (write the segment into the raw rows, then TRL prepares them as usual, so eval datasets and datasets passed to
+    `evaluate()` get it too) and `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`); a forward hook
+    weights the per-token log-probs of TRL's fused LM head. The segment is found in `input_ids` at loss time, so
+    truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
+    start (`position_ids == 0`) closes a segment, and a segment tail cut off from its marker by packing gets weight 0.
     Everything else is inherited from [`~trl.SFTTrainer`].
+
+    `self_assessment_weight=0` leaves the rows unchanged (no segment; rows flagged `self_assessment_only` are dropped)
+    and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer, and every loss
+    option SFTTrainer has (`loss_type="dft"`, `compute_loss_func`, label smoothing, sequence/context parallelism) is
+    available. What still differs from SFTTrainer at weight 0: the marker is added to the tokenizer (and the
+    embeddings resized if it was new), listed as an EOS id of the generation config, and the format saved in the
+    model config. With a weight > 0 those loss options are refused at `__init__`: they compute the loss from the
+    logits or the model's own `loss`, which the weighting never reaches.
 
     Example:
 
@@ -60,8 +73,9 @@ class PCLSFTTrainer(SFTTrainer):
 
     Args:
         model, args, train_dataset, eval_dataset, processing_class, **kwargs:
-            As for [`~trl.SFTTrainer`]; `args` is a [`PCLSFTConfig`]. `processing_class` is loaded from `model` when
-            omitted, and the marker is added to it.
+            As for [`~trl.SFTTrainer`]; `args` is a [`PCLSFTConfig`] (a plain `TrainingArguments` or `SFTConfig` is
+            converted, with PCL's defaults, like SFTTrainer converts a `TrainingArguments`). `processing_class` is
+            loaded from `model` when omitted, and the marker is added to it.
     """
 
     _tag_names = ["trl", "sft", "pcl"]
@@ -144,15 +158,16 @@ class PCLSFTTrainer(SFTTrainer):
                 "so the segment would be trained at full weight without notice. Use the default NLL path, or "
                 "`self_assessment_weight=0` (which trains exactly like SFTTrainer)."
             )
-        if (args.dataset_kwargs or {}).get("skip_prepare_dataset") and any(
+        if self._skip_prepare_dataset and any(
             args.self_assessment_reward_column in (d.column_names or [])
             for d in (self.train_dataset, *self._eval_datasets(self.eval_dataset))
             if isinstance(d, (Dataset, IterableDataset))
         ):
             raise ValueError(
-                "`skip_prepare_dataset=True` skips the preparation where PCL-SFT writes the segment, so the reward "
-                f"column {args.self_assessment_reward_column!r} would be ignored. Drop `skip_prepare_dataset`, or write "
-                "the segment into `input_ids` yourself and drop the reward column."
+                "SFTTrainer skips dataset preparation here (`skip_prepare_dataset=True`, or a vision dataset), which is "
+                "where PCL-SFT writes the segment, so the reward column "
+                f"{args.self_assessment_reward_column!r} would be ignored. Drop `skip_prepare_dataset`, or write the "
+                "segment into `input_ids` yourself and drop the reward column."
             )
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
@@ -162,6 +177,12 @@ class PCLSFTTrainer(SFTTrainer):
             pass  # TRL refuses `with_transform` datasets: let its message be the one raised
         elif self._pcl_renderer is not None:
             self._check_flagged_rows(dataset, args)
+            # SFTTrainer may have replaced the EOS token (`args.eos_token`) since the renderer was built
+            renderer, eos_id = self._pcl_renderer, self._tokenizer.eos_token_id
+            renderer.eos_token = self._tokenizer.eos_token
+            if eos_id is not None and eos_id not in renderer.tokens.eos_ids:
+                eos_ids = (eos_id, *renderer.tokens.eos_ids)
+                renderer.tokens = dataclasses.replace(renderer.tokens, eos_id=eos_id, eos_ids=eos_ids)
             if self._pcl_range_pending:
                 # Auto range: known before training from the train rows, so none of them falls outside it; saved in
                 # the model config after __init__. An eval row outside it is clipped to the end of the scale.

@@ -301,3 +301,38 @@ def test_render_rows_for_a_plain_trainer():
     ds = Dataset.from_list([{"prompt": "1 =", "completion": " 1<eos>", "reward": 1.0}])
     out = render_rows(ds, SegmentFormat(prefix="s:"), eos_token="<eos>")
     assert out[0] == {"prompt": "1 =", "completion": f" 1{M}s:9<eos>"}
+
+
+class TestIterableDatasets:
+    def rows(self, reward=True):
+        return [{"text": f"{a} + 1 = {a + 1}", **({"reward": float(a % 2)} if reward else {})} for a in range(4)]
+
+    def iterable(self, rows):
+        return Dataset.from_list(rows).to_iterable_dataset()
+
+    def test_rendered_lazily(self, tiny_model, tokenizer, tmp_path):
+        args = PCLSFTConfig(output_dir=str(tmp_path), **cpu_args(self_assessment_reward_range=[0.0, 1.0], max_steps=1))
+        trainer = PCLSFTTrainer(tiny_model, args, train_dataset=self.iterable(self.rows()), processing_class=tokenizer)
+        assert [tokenizer.decode(row["input_ids"]) for row in trainer.train_dataset][:2] == [
+            f"0 + 1 = 1{M}0<eos>",
+            f"1 + 1 = 2{M}9<eos>",
+        ]
+
+    def test_auto_range_needs_a_declared_range(self, tiny_model, tokenizer, tmp_path):
+        args = PCLSFTConfig(output_dir=str(tmp_path), **cpu_args(max_steps=1))
+        with pytest.raises(
+            ValueError, match=r"IterableDataset with a reward column .* Declare `self_assessment_reward"
+        ):
+            PCLSFTTrainer(tiny_model, args, train_dataset=self.iterable(self.rows()), processing_class=tokenizer)
+        # Without a reward column there is nothing to scan
+        trainer = PCLSFTTrainer(
+            tiny_model, args, train_dataset=self.iterable(self.rows(False)), processing_class=tokenizer
+        )
+        assert tokenizer.decode(next(iter(trainer.train_dataset))["input_ids"]) == f"0 + 1 = 1{M}<eos>"
+
+
+def test_skip_prepare_dataset_with_a_reward_column_refused(tiny_model, tokenizer, tmp_path):
+    ids = tokenizer.encode("1 + 1 = 2", add_special_tokens=False) + [tokenizer.eos_token_id]
+    rows = [{"input_ids": ids, "labels": ids, "reward": 1.0}] * 2
+    with pytest.raises(ValueError, match="where PCL-SFT writes the segment"):
+        pcl_trainer(tiny_model, tokenizer, rows, tmp_path, dataset_kwargs={"skip_prepare_dataset": True})
