@@ -294,7 +294,7 @@ class TestEvaluation:
         ids = tokenizer.encode("3 + 4 = 7", add_special_tokens=False) + [tokenizer.eos_token_id]
         later = Dataset.from_list([{"input_ids": ids, "reward": 1.0}] * 2)
         metrics = pcl.evaluate(later)
-        assert metrics["eval_self_assessment/accuracy"] in (0.0, 1.0) and "eval_self_assessment/nll" in metrics
+        assert "eval_self_assessment/nll" in metrics  # only logged when segment tokens were scored
 
 
 def test_render_rows_for_a_plain_trainer():
