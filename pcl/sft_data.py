@@ -166,8 +166,9 @@ class SegmentRenderer:
     def _wrap_formatting_func(self, formatting_func: Callable, name: str) -> Callable:
         def formatting_func_with_segment(example):
             text = formatting_func(example)
-            check_no_marker(_strings(text), self.fmt.marker, "?", name)
-            segment = self.segment(example.get(self.reward_column), "?", name)
+            where = f"{text[:40]!r}"  # TRL maps the formatting function without row indices
+            check_no_marker(_strings(text), self.fmt.marker, where, name)
+            segment = self.segment(example.get(self.reward_column), where, name)
             return _append_to_text(text, segment, self.eos_token)
 
         return formatting_func_with_segment

@@ -125,6 +125,16 @@ class TestRewardRange:
         assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).endswith(f"{M}4<eos>")
         assert getattr(trainer.model.config, CONFIG_KEY)["reward_range"] == [0.0, 1.0]
 
+    def test_eval_rows_outside_the_auto_range_are_clipped(self, tiny_model, tokenizer, tmp_path):
+        rows = [{"prompt": "1 =", "completion": " 1", "reward": 1.0}]
+        args = PCLSFTConfig(output_dir=str(tmp_path), **cpu_args())
+        trainer = PCLSFTTrainer(
+            tiny_model, args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+            eval_dataset=Dataset.from_list([{**rows[0], "reward": 2.0}, {**rows[0], "reward": -1.0}]),
+        )  # fmt: skip
+        texts = [tokenizer.decode(ids) for ids in trainer.eval_dataset["input_ids"]]
+        assert texts == [f"1 = 1{M}9<eos>", f"1 = 1{M}0<eos>"]
+
     def test_declared_range_is_strict(self, tiny_model, tokenizer, tmp_path):
         rows = [{"prompt": "1 =", "completion": " 1", "reward": 2.0}]
         with pytest.raises(ValueError, match="outside the declared"):
