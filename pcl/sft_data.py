@@ -12,7 +12,8 @@ or the chat template's end of turn) closes it:
 | `messages`, `conversations` (`from`/`value`), with `tools`/`chat_template_kwargs` | end of the content of the final assistant message |
 | pre-tokenized `input_ids` (with or without `labels`, `completion_mask`, `assistant_masks`) | right before the row's last EOS id |
 
-Rows with a reward get `MARKER [prefix] SCORE`, rows without one (`None`, or no reward column) get `MARKER`.
+Rows with a reward get `MARKER [prefix] SCORE`, rows without one (`None`, or no reward column) get `MARKER`, except
+pre-tokenized datasets without a reward column, which are left as they are (as SFTTrainer uses them).
 """
 
 import math
@@ -131,6 +132,10 @@ class SegmentRenderer:
         columns = column_names(dataset)
         first = next(iter(dataset))
         if "input_ids" in columns:
+            if self.reward_column not in columns:
+                # Rows the user tokenised are trained as they are unless a reward asks for a segment (SFTTrainer uses
+                # them as is); a segment already written in `input_ids` is still found and weighted at loss time
+                return dataset, formatting_func
             fn = self._render_tokenized
         elif "prompt" in columns and "completion" in columns:
             fn = self._render_prompt_completion

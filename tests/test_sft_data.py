@@ -266,9 +266,21 @@ class TestPreTokenized:
             pcl_trainer(tiny_model, tokenizer, rows, tmp_path)
 
     def test_without_eos_and_reward_trained_as_stock(self, tiny_model, tokenizer, tmp_path):
-        rows = [{"input_ids": [5, 6, 7, 8]}, {"input_ids": [9, 10, 11]}]
+        rows = [{"input_ids": [5, 6, 7, 8], "reward": None}, {"input_ids": [9, 10, 11], "reward": None}]
         pcl = pcl_trainer(tiny_model, tokenizer, rows, tmp_path)
         assert pcl.train_dataset["input_ids"] == [[5, 6, 7, 8], [9, 10, 11]]
+
+    def test_without_reward_column_unchanged(self, tiny_model, tokenizer, tmp_path):
+        """Pre-tokenized rows without a reward column are SFTTrainer's: same input_ids and labels (EOS included)."""
+        eos = tokenizer.eos_token_id
+        rows = [
+            {"input_ids": [5, 6, eos, 8], "labels": [5, -100, eos, -100], "assistant_masks": [1, 1, 1, 1]},
+            {"input_ids": [9, 10, eos], "labels": [-100, 10, eos], "assistant_masks": [0, 1, 1]},
+        ]
+        pcl = pcl_trainer(copy.deepcopy(tiny_model), tokenizer, rows, tmp_path)
+        stock = stock_trainer(copy.deepcopy(tiny_model), tokenizer, Dataset.from_list(rows), tmp_path)
+        assert pcl.train_dataset["input_ids"] == stock.train_dataset["input_ids"] == [[5, 6, eos, 8], [9, 10, eos]]
+        assert pcl.train_dataset["labels"] == stock.train_dataset["labels"]
 
     def test_marker_already_written(self, tiny_model, tokenizer, tmp_path):
         """A segment the user wrote into `input_ids` (no reward column) is kept and weighted."""
