@@ -54,11 +54,13 @@ class PCLSFTTrainer(SFTTrainer):
 
     `self_assessment_weight=0` leaves the rows unchanged (no segment; rows flagged `self_assessment_only` are dropped)
     and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer, and every loss
-    option SFTTrainer has (`loss_type="dft"`, `compute_loss_func`, label smoothing, sequence/context parallelism) is
-    available. What still differs from SFTTrainer at weight 0: the marker is added to the tokenizer (and the
-    embeddings resized if it was new), listed as an EOS id of the generation config, and the format saved in the
-    model config. With a weight > 0 those loss options are refused at `__init__`: they compute the loss from the
-    logits or the model's own `loss`, which the weighting never reaches.
+    option SFTTrainer has (`compute_loss_func`, label smoothing, sequence/context parallelism) is available. What
+    still differs from SFTTrainer at weight 0: the marker is added to the tokenizer (and the embeddings resized if it
+    was new), listed as an EOS id of the generation config, and the format saved in the model config. With a weight
+    > 0 those three loss options are refused at `__init__`: they compute the loss from the logits, from pre-shifted
+    `shift_labels` on sequence shards, or from the model's own `loss`, which the weighting never reaches.
+    `loss_type="dft"` is supported at any weight: each token's DFT loss `-p log p` (p detached) is multiplied by its
+    weight, in value and gradient.
 
     Example:
 
@@ -116,7 +118,7 @@ class PCLSFTTrainer(SFTTrainer):
             self._check_loss_path()
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.segment_tokens = prepare_model(base, processing_class, self.segment_format)
-        self._pcl_stats = None
+        self._pcl_stats = self._pcl_extra = None
         attach_hook(base, self._reweight_log_probs, with_kwargs=True)
 
     @staticmethod
@@ -138,12 +140,7 @@ class PCLSFTTrainer(SFTTrainer):
         args, why = self.args, None
         if self.compute_loss_func is not None:
             why = "`compute_loss_func` computes the loss from the model's logits"
-        elif args.loss_type != "nll":
-            why = (
-                f"`loss_type={args.loss_type!r}` scales each token's loss by its own detached probability, which TRL "
-                "computes from the log-probs PCL weights (it would become exp(w*log p) instead of p)"
-            )
-        elif args.label_smoothing_factor:
+        if args.label_smoothing_factor:
             why = "`label_smoothing_factor` computes the loss from the model's full logits"
         else:
             config = self.accelerator.parallelism_config
@@ -215,38 +212,55 @@ class PCLSFTTrainer(SFTTrainer):
         weight = torch.ones_like(output.log_probs)
         weight = weight.masked_fill(scored, self.args.self_assessment_weight).masked_fill(empty | orphan, 0.0)
         is_score = score_mask(input_ids, tokens, full_segment)[:, 1:] & label_mask
+        nll = -output.log_probs
+        if self.args.loss_type == "dft":
+            # TRL's DFT scales each token's NLL by its own detached probability, computed from the log-probs it gets:
+            # they stay unweighted, and compute_loss adds the weighted difference (exact in value and gradient)
+            per_token = nll * output.log_probs.exp().detach()
+            self._pcl_extra = ((weight - 1) * per_token).sum()
+        else:
+            per_token = nll
+            output.log_probs = output.log_probs * weight
         with torch.no_grad():
             top1 = output.is_top1 if output.is_top1 is not None else torch.zeros_like(is_score)
             self._pcl_stats = torch.stack(
                 [
-                    -(output.log_probs * scored).sum(),
+                    (per_token * weight * scored).sum(),
+                    (nll * scored).sum(),
                     scored.sum(),
                     (top1.bool() & is_score).sum(),
                     is_score.sum(),
                     label_mask.sum(),
                 ]
             ).float()
-        output.log_probs = output.log_probs * weight
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._pcl_stats = None
+        self._pcl_stats = self._pcl_extra = None
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
-        if self._pcl_stats is not None:
-            self._log_segment(self._pcl_stats, num_items_in_batch)
+        if self._pcl_stats is None:
+            return result
+        if self._pcl_extra is not None:
+            extra = self._pcl_extra * self._loss_scale(self._pcl_stats[-1].item(), num_items_in_batch)
+            result = (result[0] + extra, *result[1:]) if return_outputs else result + extra
+        self._log_segment(self._pcl_stats, num_items_in_batch)
         return result
+
+    def _loss_scale(self, n_local: float, num_items_in_batch) -> float:
+        """What SFTTrainer.compute_loss multiplies a summed per-token loss by: 1 / token count (x processes when
+        tokens are averaged across devices)."""
+        scale = 1.0 / max(float(n_local if num_items_in_batch is None else num_items_in_batch), 1.0)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            scale *= self.accelerator.num_processes // self.get_tp_size()
+        return scale
 
     def _log_segment(self, stats: torch.Tensor, num_items_in_batch) -> None:
         mode = "train" if self.model.training else "eval"
-        nll, n_tokens, correct, n_scores, n_local = stats.tolist()
-        # The segment's share of the loss, normalised like the parent's loss and logged so that `loss` minus it is
-        # the answer's loss: local sum / token count (x processes when tokens are averaged across devices)
-        denominator = max(float(n_local if num_items_in_batch is None else num_items_in_batch), 1.0)
-        share = self.args.self_assessment_weight * nll / denominator
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            share *= self.accelerator.num_processes // self.get_tp_size()
+        segment, nll, n_tokens, correct, n_scores, n_local = stats.tolist()
+        # The segment's share of the loss, normalised like the parent's loss, so that `loss` minus it is the answer's
+        share = segment * self._loss_scale(n_local, num_items_in_batch)
         if mode == "train":
             # Trainer logs the sum over the accumulation steps of a loss already divided by the batch's token count
             scaled = self.loss_is_scaled_for_ga

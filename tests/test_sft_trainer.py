@@ -246,7 +246,6 @@ class TestLossPaths:
         [
             ({}, {"compute_loss_func": lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum()},
              "`compute_loss_func` computes the loss from the model's logits"),
-            ({"loss_type": "dft"}, {}, "`loss_type='dft'` scales each token's loss"),
             ({"label_smoothing_factor": 0.1}, {}, "`label_smoothing_factor` computes the loss"),
         ],
     )  # fmt: skip
@@ -268,6 +267,31 @@ class TestLossPaths:
             monkeypatch.setattr(Accelerator, "parallelism_config", property(lambda self, c=config: c))
             with pytest.raises(ValueError, match="sequence/context parallelism shards each row"):
                 trainer._check_loss_path()
+
+    def test_dft_weights_each_tokens_dft_loss(self, tiny_model, tokenizer, tmp_path):
+        """`loss_type="dft"` with a weight: the loss and gradients of sum_t w_t * (-p_t log p_t), p_t detached."""
+        rows = addition_rows(12, reward=lambda a, b: None if b == 1 else float(a < 5))
+        weight = 0.3
+        pcl = make_trainer(
+            copy.deepcopy(tiny_model), tokenizer, rows, tmp_path, self_assessment_weight=weight, loss_type="dft"
+        )
+        reference = copy.deepcopy(tiny_model)
+        batch = collate(pcl)
+        loss, grads = loss_and_grads(pcl, batch)
+        stock = stock_trainer(reference, tokenizer, Dataset.from_list(rows), tmp_path)  # adds the fused LM head
+        out = stock.model(**batch, fused_lm_head=True)
+        tokens = pcl.segment_tokens
+        w = [token_weights(r, tokens.marker_id, tokens.eos_id, weight)[1:] for r in batch["input_ids"].tolist()]
+        w = torch.tensor(w)
+        assert (w == 0).any() and (w == weight).any()
+        expected = (w * -out.log_probs * out.log_probs.exp().detach()).sum() / out.label_mask.sum()
+        expected.backward()
+        torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+        for name, param in reference.named_parameters():
+            torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-6)
+        # The segment's share of that loss is logged
+        share = (w * (w != 1) * -out.log_probs * out.log_probs.exp()).sum() / out.label_mask.sum()
+        assert pcl._metrics["train"]["self_assessment/loss"][-1] == pytest.approx(share.item(), rel=1e-4)
 
     def test_dft_at_weight_zero_equals_sft_trainer(self, tiny_model, tokenizer, tmp_path):
         rows = addition_rows(8)
