@@ -143,10 +143,24 @@ class SegmentTokens:
         return self.level_ids.index(ids[n])
 
 
-def segment_mask(input_ids: torch.Tensor, marker_id: int, eos_ids: Iterable[int]) -> torch.Tensor:
+def document_starts(input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of the first token of every document: the first column, and every `position_ids == 0` (packed
+    and padding-free rows restart their positions at each document)."""
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[..., 0] = True
+    if position_ids is not None:
+        starts |= position_ids == 0
+    return starts
+
+
+def segment_mask(
+    input_ids: torch.Tensor, marker_id: int, eos_ids: Iterable[int], position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean mask of self-assessment tokens: strictly after a marker, up to and including the next EOS.
 
-    Works on padded and packed rows alike (each document's EOS closes its segment); vectorised with `cummax`.
+    Works on padded and packed rows alike (each document's EOS closes its segment); vectorised with `cummax`. With
+    `position_ids` (padding-free and packed batches), a document start also closes a segment, so a document truncated
+    between its marker and its EOS does not spill segment weight into the next one.
     """
     positions = torch.arange(input_ids.size(-1), device=input_ids.device).expand_as(input_ids)
     is_marker = input_ids == marker_id
@@ -157,7 +171,48 @@ def segment_mask(input_ids: torch.Tensor, marker_id: int, eos_ids: Iterable[int]
     before = torch.full_like(last_marker[..., :1], -1)
     last_marker = torch.cat([before, last_marker[..., :-1]], dim=-1)
     last_eos = torch.cat([before, last_eos[..., :-1]], dim=-1)
-    return last_marker > last_eos
+    in_segment = last_marker > last_eos
+    if position_ids is not None:
+        # ... and that marker belongs to the token's own document (at or after the document's first token)
+        starts = document_starts(input_ids, position_ids)
+        last_start = torch.where(starts, positions, -1).cummax(dim=-1).values
+        in_segment &= last_marker >= last_start
+    return in_segment
+
+
+def orphan_tail_mask(
+    input_ids: torch.Tensor, tokens: "SegmentTokens", position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Tokens at the start of a row or document that are the tail of a segment cut off from its marker.
+
+    Packing that splits documents (`packing_strategy="bfd_split"` or `"wrapped"`) can start a chunk with the end of a
+    segment (`SCORE EOS`, `prefix SCORE EOS` or a lone `EOS`) whose marker and answer went to the previous chunk. Such
+    tokens carry no self-assessment signal (the answer they assess is not in their context), so PCL-SFT gives them
+    weight 0 instead of training them as ordinary text. A document that genuinely starts with `level EOS` or `EOS`
+    cannot be told apart from such a tail and loses those (at most `len(prefix) + 2`) tokens.
+    """
+    tail = [*tokens.prefix_ids, None, None]  # prefix, a level, an EOS
+    n = len(tail)
+    padded = torch.nn.functional.pad(input_ids, (0, n), value=-1)
+    windows = padded.unfold(-1, n, 1)[..., : input_ids.size(-1), :]  # windows[..., t, j] = input_ids[..., t + j]
+    levels = torch.as_tensor(tokens.level_ids, device=input_ids.device)
+    eos = torch.as_tensor(tokens.eos_ids, device=input_ids.device)
+    starts = document_starts(input_ids, position_ids)
+    orphan = torch.zeros_like(starts)
+    for length in range(1, n + 1):  # the tail's last `length` tokens sit at the start of a chunk
+        pattern = tail[n - length :]
+        match = starts.clone()
+        for j, expected in enumerate(pattern):
+            if j == length - 1:
+                match &= torch.isin(windows[..., j], eos)
+            elif j == length - 2:
+                match &= torch.isin(windows[..., j], levels)
+            else:
+                match &= windows[..., j] == expected
+        # Spread each match over its `length` tokens
+        for j in range(length):
+            orphan[..., j:] |= match[..., : input_ids.size(-1) - j]
+    return orphan
 
 
 def empty_segment_mask(input_ids: torch.Tensor, marker_id: int, eos_ids: Iterable[int]) -> torch.Tensor:

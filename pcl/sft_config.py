@@ -14,17 +14,26 @@ class PCLSFTConfig(SFTConfig, SelfAssessmentArguments):
 
     Every parameter of [`~trl.SFTConfig`] is accepted unchanged; the self-assessment options are documented in
     [`SelfAssessmentArguments`] (`self_assessment_marker`, `self_assessment_levels`, `self_assessment_prefix`,
-    `self_assessment_reward_range`, `self_assessment_out_of_range`, `self_assessment_weight`). Only the parameter
-    below is specific to SFT.
+    `self_assessment_reward_range`, `self_assessment_out_of_range`, `self_assessment_weight`). Only the parameters
+    below are specific to SFT.
+
+    In PCL-SFT, `self_assessment_reward_range=None` (auto) takes the range from the train dataset when the trainer is
+    built: `(min(0, lowest reward), max(1, highest reward))`, so rewards in `[0, 1]` keep their value and a wider
+    column is normalised by its own extremes (never failing mid-run); the range used is saved in the model config.
+    An eval row outside it is clipped to the end of the scale. An `IterableDataset` with a reward column needs a
+    declared range (it cannot be scanned without being consumed).
 
     Parameters:
         self_assessment_reward_column (`str`, *optional*, defaults to `"reward"`):
-            Dataset column holding the reward of each row's completion. Rows with a reward train
-            `completion MARKER SCORE EOS`; rows whose reward is `None` (or datasets without the column) train
-            `completion MARKER` and put no loss after the marker.
+            Dataset column holding the reward of each row's answer, beside any dataset format (prompt/completion,
+            `text`, `messages`, pre-tokenized, ...). Rows with a reward train `answer MARKER SCORE EOS`; rows whose
+            reward is `None` (or datasets without the column) train `answer MARKER` and put no loss after the marker.
+            NaN, infinite or non-numeric rewards are refused.
         self_assessment_only_column (`str`, *optional*, defaults to `"self_assessment_only"`):
             Boolean dataset column flagging rows whose completion is the model's own sample (e.g. a greedy answer
-            scored by a verifier): their answer is not trained, only the marker and the assessment.
+            scored by a verifier): their answer is not trained, only the marker and the assessment. Flagged rows must
+            be prompt/completion strings with a reward, and need `completion_only_loss` unset or True (the answer
+            moves into the prompt); at `self_assessment_weight=0` they are dropped.
     """
 
     self_assessment_reward_column: str = field(
@@ -38,8 +47,6 @@ class PCLSFTConfig(SFTConfig, SelfAssessmentArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        # Loss paths that bypass PCL's weighting (`loss_type="dft"`, label smoothing, ...) are refused by the trainer,
+        # after SFTTrainer's own checks, so that TRL's messages come first for inputs TRL itself rejects
         self._validate_self_assessment()
-        if self.label_smoothing_factor:
-            raise ValueError("PCL-SFT weights per-token log-probs; `label_smoothing_factor` must be 0.")
-        if self.loss_type != "nll":
-            raise ValueError(f"PCL-SFT supports `loss_type='nll'` only, got {self.loss_type!r}.")

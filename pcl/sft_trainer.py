@@ -1,17 +1,20 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 
-import math
+import dataclasses
 import textwrap
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainingArguments
 from trl import SFTTrainer
 
 from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
-from .segment import SegmentFormat, empty_segment_mask, score_mask, segment_mask
+from .segment import empty_segment_mask, orphan_tail_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
-from .validation import check_no_marker, row_texts
+from .sft_data import SegmentRenderer, drop_flagged_rows, has_flagged_rows, render_rows, reward_range_of
+
+
+__all__ = ["PAPER", "PCLSFTTrainer", "render_rows"]  # render_rows: rendered rows for a plain SFTTrainer (benchmarks)
 
 
 PAPER = {
@@ -30,83 +33,34 @@ PAPER = {
 }
 
 
-def _completion_text(completion) -> str:
-    return completion if isinstance(completion, str) else completion[-1]["content"]
-
-
-def render_rows(
-    dataset: Dataset | IterableDataset,
-    fmt: SegmentFormat,
-    reward_column: str,
-    name: str = "train",
-    only_column: str = "self_assessment_only",
-):
-    """Append the segment to every row's completion: `MARKER [prefix] SCORE` with a reward, `MARKER` without.
-
-    Rows flagged in `only_column` (the model's own samples) move their completion into the prompt, so only the marker
-    and the assessment are trained, never the (possibly wrong) answer.
-
-    Refuses rows that would train silently wrong: missing prompt/completion, a marker already in the data, rewards
-    that are NaN, infinite or out of the declared range.
-    """
-    columns = dataset.column_names
-    if columns is not None and not {"prompt", "completion"} <= set(columns):
-        raise ValueError(
-            f"PCLSFTTrainer needs prompt/completion rows (the segment goes after the completion), but the {name} "
-            f"dataset has columns {columns}. Convert it to TRL's prompt-completion format."
-        )
-
-    def render(row, idx):
-        prompt, completion = row["prompt"], row["completion"]
-        texts = row_texts(prompt, "prompt", idx, name) + row_texts(completion, "completion", idx, name)
-        if isinstance(prompt, str) != isinstance(completion, str):
-            raise ValueError(
-                f"Row {idx} of the {name} dataset mixes formats: the prompt is a "
-                f"{'string' if isinstance(prompt, str) else 'list of messages'} and the completion is not. Use two "
-                "strings, or two lists of chat messages."
-            )
-        check_no_marker(texts, fmt.marker, idx, name)
-        only = bool(row.get(only_column))
-        reward = row.get(reward_column)
-        if isinstance(reward, float) and math.isnan(reward):
-            raise ValueError(
-                f"Row {idx} of the {name} dataset has a NaN reward in column {reward_column!r}; use None for rows "
-                "without a reward."
-            )
-        try:
-            segment = fmt.render(reward)
-        except ValueError as e:
-            raise ValueError(f"Row {idx} of the {name} dataset: {e}") from None
-        if only:
-            if not isinstance(completion, str) or reward is None:
-                raise ValueError(
-                    f"Row {idx} of the {name} dataset is flagged `{only_column}`: such rows need a string completion "
-                    "and a reward (only their assessment is trained)."
-                )
-            return {"prompt": prompt + completion, "completion": segment}
-        if isinstance(completion, str):
-            completion = completion + segment
-        else:
-            completion = [*completion[:-1], {**completion[-1], "content": completion[-1]["content"] + segment}]
-        return {"completion": completion}
-
-    remove = [c for c in (reward_column, only_column) if columns is not None and c in columns] or None
-    return dataset.map(render, with_indices=True, remove_columns=remove)
-
-
 class PCLSFTTrainer(SFTTrainer):
     """
     Dual-track SFT for [Post-Completion Learning](https://huggingface.co/papers/2507.20252).
 
-    Each row trains `completion MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
-    `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The completion and the marker
-    keep weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get
-    weight `self_assessment_weight`. Rows without a reward train `completion MARKER` and put no loss after it.
+    Each row trains `answer MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
+    `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The answer and the marker keep
+    weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get weight
+    `self_assessment_weight`. Rows without a reward train `answer MARKER` and put no loss after it. Every dataset
+    format SFTTrainer accepts works (prompt/completion, `text`, `formatting_func`, `messages`, `conversations`, tools,
+    pre-tokenized `input_ids`); `pcl.sft_data` says where the segment goes in each.
 
-    Only `__init__` (render the segment, add the marker token) and `compute_loss` (reweight the per-token log-probs
-    of TRL's fused LM head, log self-assessment metrics) are overridden. The segment is found in `input_ids` at loss
-    time, so truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged.
+    Overridden: `__init__` (add the marker token, refuse loss paths that bypass the weighting), `_prepare_dataset`
+    (write the segment into the raw rows, then TRL prepares them as usual, so eval datasets and datasets passed to
+    `evaluate()` get it too) and `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`); a forward hook
+    weights the per-token log-probs of TRL's fused LM head. The segment is found in `input_ids` at loss time, so
+    truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
+    start (`position_ids == 0`) closes a segment, and a segment tail cut off from its marker by packing gets weight 0.
     Everything else is inherited from [`~trl.SFTTrainer`].
+
+    `self_assessment_weight=0` leaves the rows unchanged (no segment; rows flagged `self_assessment_only` are dropped)
+    and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer, and every loss
+    option SFTTrainer has (`compute_loss_func`, label smoothing, sequence/context parallelism) is available. What
+    still differs from SFTTrainer at weight 0: the marker is added to the tokenizer (and the embeddings resized if it
+    was new), listed as an EOS id of the generation config, and the format saved in the model config. With a weight
+    > 0 those three loss options are refused at `__init__`: they compute the loss from the logits, from pre-shifted
+    `shift_labels` on sequence shards, or from the model's own `loss`, which the weighting never reaches.
+    `loss_type="dft"` is supported at any weight: each token's DFT loss `-p log p` (p detached) is multiplied by its
+    weight, in value and gradient.
 
     Example:
 
@@ -121,8 +75,9 @@ class PCLSFTTrainer(SFTTrainer):
 
     Args:
         model, args, train_dataset, eval_dataset, processing_class, **kwargs:
-            As for [`~trl.SFTTrainer`]; `args` is a [`PCLSFTConfig`]. `processing_class` is loaded from `model` when
-            omitted, and the marker is added to it.
+            As for [`~trl.SFTTrainer`]; `args` is a [`PCLSFTConfig`] (a plain `TrainingArguments` or `SFTConfig` is
+            converted, with PCL's defaults, like SFTTrainer converts a `TrainingArguments`). `processing_class` is
+            loaded from `model` when omitted, and the marker is added to it.
     """
 
     _tag_names = ["trl", "sft", "pcl"]
@@ -130,64 +85,193 @@ class PCLSFTTrainer(SFTTrainer):
     _paper = PAPER
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
+        if isinstance(args, TrainingArguments) and not isinstance(args, PCLSFTConfig):
+            # Like SFTTrainer with a plain TrainingArguments: convert, keeping every value (PCL options at defaults).
+            # Fields are copied directly: `to_dict()` masks every `*_token` value (SFTConfig's `eos_token`, ...)
+            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+            args = PCLSFTConfig(**values)
         args, processing_class = resolve_args_and_tokenizer(model, args, PCLSFTConfig, "PCL-SFT", processing_class)
-        fmt = args.segment_format
+        self.segment_format = args.segment_format
+        self._pcl_active = args.self_assessment_weight > 0
         # The marker must be a token before SFTTrainer tokenises the datasets in its __init__
-        segment_tokens(processing_class, fmt)
-        columns = (args.self_assessment_reward_column, "train", args.self_assessment_only_column)
-        if train_dataset is not None:
-            train_dataset = render_rows(train_dataset, fmt, *columns)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                k: render_rows(v, fmt, columns[0], f"eval ({k})", columns[2]) for k, v in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = render_rows(eval_dataset, fmt, columns[0], "eval", columns[2])
+        tokens = segment_tokens(
+            processing_class, self.segment_format, model if isinstance(model, PreTrainedModel) else None
+        )
+        self._pcl_renderer = None
+        # The auto reward range is read from the train rows when they are prepared (the first dataset TRL prepares)
+        self._pcl_range_pending = getattr(
+            args, "self_assessment_auto_range", args.self_assessment_reward_range is None
+        )
+        if self._pcl_active:
+            eos_token = getattr(processing_class, "eos_token", None) or getattr(
+                getattr(processing_class, "tokenizer", None), "eos_token", None
+            )
+            self._pcl_renderer = SegmentRenderer(
+                self.segment_format, tokens, eos_token, args.self_assessment_reward_column,
+                args.self_assessment_only_column, args.dataset_text_field,
+            )  # fmt: skip
         super().__init__(
             model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
             **kwargs,
         )  # fmt: skip
+        if self._pcl_active:
+            self._check_loss_path()
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.segment_tokens = prepare_model(base, processing_class, fmt)
-        self._pcl_stats = None
+        self.segment_tokens = prepare_model(base, processing_class, self.segment_format)
+        self._pcl_stats = self._pcl_extra = None
         attach_hook(base, self._reweight_log_probs, with_kwargs=True)
+
+    @staticmethod
+    def _eval_datasets(eval_dataset) -> list:
+        if eval_dataset is None or isinstance(eval_dataset, str):
+            return []
+        return list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+
+    def _check_flagged_rows(self, dataset, args) -> None:
+        if args.completion_only_loss is False and has_flagged_rows(dataset, args.self_assessment_only_column):
+            raise ValueError(
+                f"Rows flagged `{args.self_assessment_only_column}` keep their (possibly wrong) answer out of the "
+                "loss by moving it into the prompt, which `completion_only_loss=False` would train. Leave "
+                "`completion_only_loss` unset (or True), or drop the flagged rows."
+            )
+
+    def _check_loss_path(self) -> None:
+        """Refuse the parent's loss paths that never reach the fused log-probs PCL reweights (see the class doc)."""
+        args, why = self.args, None
+        if self.compute_loss_func is not None:
+            why = "`compute_loss_func` computes the loss from the model's logits"
+        if args.label_smoothing_factor:
+            why = "`label_smoothing_factor` computes the loss from the model's full logits"
+        else:
+            config = self.accelerator.parallelism_config
+            if config is not None and (getattr(config, "sp_enabled", False) or getattr(config, "cp_enabled", False)):
+                why = (
+                    "sequence/context parallelism shards each row along the sequence (a segment can straddle two "
+                    "shards) and computes the loss from `shift_labels` or the model's own `loss`"
+                )
+        if why is not None:
+            raise ValueError(
+                f"PCL-SFT weights the self-assessment through the per-token log-probs of TRL's fused LM head, but {why}, "
+                "so the segment would be trained at full weight without notice. Use the default NLL path, or "
+                "`self_assessment_weight=0` (which trains exactly like SFTTrainer)."
+            )
+        if self._skip_prepare_dataset and any(
+            args.self_assessment_reward_column in (d.column_names or [])
+            for d in (self.train_dataset, *self._eval_datasets(self.eval_dataset))
+            if isinstance(d, (Dataset, IterableDataset))
+        ):
+            raise ValueError(
+                "SFTTrainer skips dataset preparation here (`skip_prepare_dataset=True`, or a vision dataset), which is "
+                "where PCL-SFT writes the segment, so the reward column "
+                f"{args.self_assessment_reward_column!r} would be ignored. Drop `skip_prepare_dataset`, or write the "
+                "segment into `input_ids` yourself and drop the reward column."
+            )
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        # Write the segment into the raw rows, then let TRL format, tokenise, truncate and pack them as usual. Every
+        # dataset goes through here: train, eval at __init__, and datasets passed to `evaluate()` later.
+        if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
+            pass  # TRL refuses `with_transform` datasets: let its message be the one raised
+        elif self._pcl_renderer is not None:
+            self._check_flagged_rows(dataset, args)
+            # SFTTrainer may have replaced the EOS token (`args.eos_token`) since the renderer was built
+            renderer, eos_id = self._pcl_renderer, self._tokenizer.eos_token_id
+            renderer.eos_token = self._tokenizer.eos_token
+            if eos_id is not None and eos_id not in renderer.tokens.eos_ids:
+                eos_ids = (eos_id, *renderer.tokens.eos_ids)
+                renderer.tokens = dataclasses.replace(renderer.tokens, eos_id=eos_id, eos_ids=eos_ids)
+            if self._pcl_range_pending:
+                # Auto range: known before training from the train rows, so none of them falls outside it; saved in
+                # the model config after __init__. An eval row outside it is clipped to the end of the scale.
+                reward_range = reward_range_of(dataset, args.self_assessment_reward_column)
+                self.segment_format = dataclasses.replace(
+                    self.segment_format, reward_range=reward_range, out_of_range="clip"
+                )
+                self._pcl_renderer.fmt = self.segment_format
+                self._pcl_range_pending = False
+            # TRL names the datasets of an eval dict by their key
+            name = dataset_name if dataset_name in ("train", "eval") else f"eval ({dataset_name})"
+            dataset, formatting_func = self._pcl_renderer.render(dataset, formatting_func, name)
+        elif isinstance(dataset, (Dataset, IterableDataset)):
+            # Weight 0 leaves rows unchanged; flagged rows would train their possibly wrong answer, so they go
+            dataset = drop_flagged_rows(dataset, args.self_assessment_only_column)
+        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
 
     def _reweight_log_probs(self, module: PreTrainedModel, args, kwargs, output):
         # Runs inside the model's forward, on the outputs of TRL's fused LM head: weight the segment's log-probs
-        if not kwargs.get("fused_lm_head") or kwargs.get("shift_labels") is not None:
+        if not self._pcl_active or not kwargs.get("fused_lm_head") or kwargs.get("shift_labels") is not None:
             return None
-        input_ids, tokens = kwargs["input_ids"], self.segment_tokens
+        input_ids, tokens, position_ids = kwargs["input_ids"], self.segment_tokens, kwargs.get("position_ids")
         # log_probs[:, t] scores input_ids[:, t + 1]
-        full_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)
+        full_segment = segment_mask(input_ids, tokens.marker_id, tokens.eos_ids, position_ids)
         in_segment = full_segment[:, 1:]
-        empty = empty_segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:]
-        scored = in_segment & ~empty & output.label_mask.bool()
+        empty = empty_segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:] & in_segment
+        orphan = orphan_tail_mask(input_ids, tokens, position_ids)[:, 1:]
+        label_mask = output.label_mask.bool()
+        scored = in_segment & ~empty & label_mask
         weight = torch.ones_like(output.log_probs)
-        weight = weight.masked_fill(scored, self.args.self_assessment_weight).masked_fill(empty, 0.0)
-        is_score = score_mask(input_ids, tokens, full_segment)[:, 1:] & output.label_mask.bool()
+        weight = weight.masked_fill(scored, self.args.self_assessment_weight).masked_fill(empty | orphan, 0.0)
+        is_score = score_mask(input_ids, tokens, full_segment)[:, 1:] & label_mask
+        nll = -output.log_probs
+        if self.args.loss_type == "dft":
+            # TRL's DFT scales each token's NLL by its own detached probability, computed from the log-probs it gets:
+            # they stay unweighted, and compute_loss adds the weighted difference (exact in value and gradient)
+            per_token = nll * output.log_probs.exp().detach()
+            self._pcl_extra = ((weight - 1) * per_token).sum()
+        else:
+            per_token = nll
+            output.log_probs = output.log_probs * weight
         with torch.no_grad():
             top1 = output.is_top1 if output.is_top1 is not None else torch.zeros_like(is_score)
             self._pcl_stats = torch.stack(
                 [
-                    -(output.log_probs * scored).sum(),
+                    (per_token * weight * scored).sum(),
+                    (nll * scored).sum(),
                     scored.sum(),
                     (top1.bool() & is_score).sum(),
                     is_score.sum(),
+                    label_mask.sum(),
                 ]
             ).float()
-        output.log_probs = output.log_probs * weight
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._pcl_stats = None
+        self._pcl_stats = self._pcl_extra = None
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
-        if self._pcl_stats is not None:
-            mode = "train" if self.model.training else "eval"
-            nll, n_tokens, correct, n_scores = self.accelerator.reduce(self._pcl_stats, reduction="sum").tolist()
-            if n_tokens > 0:
-                self._metrics[mode]["self_assessment/nll"].append(nll / n_tokens)
-            if n_scores > 0:
-                self._metrics[mode]["self_assessment/accuracy"].append(correct / n_scores)
+        if self._pcl_stats is None:
+            return result
+        if self._pcl_extra is not None:
+            extra = self._pcl_extra * self._loss_scale(self._pcl_stats[-1].item(), num_items_in_batch)
+            result = (result[0] + extra, *result[1:]) if return_outputs else result + extra
+        self._log_segment(self._pcl_stats, num_items_in_batch)
         return result
+
+    def _loss_scale(self, n_local: float, num_items_in_batch) -> float:
+        """What SFTTrainer.compute_loss multiplies a summed per-token loss by: 1 / token count (x processes when
+        tokens are averaged across devices)."""
+        scale = 1.0 / max(float(n_local if num_items_in_batch is None else num_items_in_batch), 1.0)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            scale *= self.accelerator.num_processes // self.get_tp_size()
+        return scale
+
+    def _log_segment(self, stats: torch.Tensor, num_items_in_batch) -> None:
+        mode = "train" if self.model.training else "eval"
+        segment, nll, n_tokens, correct, n_scores, n_local = stats.tolist()
+        # The segment's share of the loss, normalised like the parent's loss, so that `loss` minus it is the answer's
+        share = segment * self._loss_scale(n_local, num_items_in_batch)
+        if mode == "train":
+            # Trainer logs the sum over the accumulation steps of a loss already divided by the batch's token count
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            share *= getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1
+        totals = self.accelerator.reduce(
+            torch.tensor([share, nll, n_tokens, correct, n_scores], device=self.accelerator.device), reduction="sum"
+        ).tolist()
+        self._metrics[mode]["self_assessment/loss"].append(totals[0] / self.accelerator.num_processes)
+        if totals[2] > 0:
+            self._metrics[mode]["self_assessment/nll"].append(totals[1] / totals[2])
+        if totals[4] > 0:
+            self._metrics[mode]["self_assessment/accuracy"].append(totals[3] / totals[4])

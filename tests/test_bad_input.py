@@ -11,6 +11,7 @@ import math
 import pytest
 from conftest import cpu_args
 from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer
 from pcl.tiny import build_char_tokenizer
@@ -91,7 +92,14 @@ class TestSFTRows:
             sft_trainer(tiny_model, tokenizer, tmp_path, rows)
 
     def test_eval_dataset_is_checked_and_named(self, tiny_model, tokenizer, tmp_path):
-        with pytest.raises(ValueError, match=r"the eval dataset has columns \['prompt'\]"):
+        # A format SFTTrainer cannot read either is left to it: the same error as the stock trainer's
+        with pytest.raises(KeyError, match="completion"):
+            SFTTrainer(
+                model=tiny_model, args=SFTConfig(output_dir=str(tmp_path), **cpu_args()),
+                train_dataset=Dataset.from_list([GOOD_ROW]), eval_dataset=Dataset.from_list([{"prompt": "1 ="}]),
+                processing_class=tokenizer,
+            )  # fmt: skip
+        with pytest.raises(KeyError, match="completion"):
             sft_trainer(tiny_model, tokenizer, tmp_path, [GOOD_ROW], eval_rows=[{"prompt": "1 ="}])
         bad = {"hard": [{**GOOD_ROW, "reward": math.nan}]}
         with pytest.raises(ValueError, match=r"Row 0 of the eval \(hard\) dataset has a NaN reward"):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcl.marker import segment_tokens
-from pcl.segment import SegmentFormat, empty_segment_mask, score_mask, segment_mask
+from pcl.segment import SegmentFormat, empty_segment_mask, orphan_tail_mask, score_mask, segment_mask
 from pcl.tiny import build_char_tokenizer
 
 
@@ -87,6 +87,35 @@ class TestMasks:
         # Three documents packed in one row; each EOS closes its own segment, the prompt of the next is untouched
         ids = torch.tensor([[4, 5, M, 2, E, 4, 6, M, 3, E, 7, 8, E]])
         assert segment_mask(ids, M, [E]).nonzero()[:, 1].tolist() == [3, 4, 8, 9]
+
+    def test_document_start_closes_a_segment(self):
+        # Padding-free: document 1 was truncated after its score (no EOS); document 2 starts at position 0
+        ids = torch.tensor([[4, 5, M, 3, 4, 6, M, 2, E]])
+        position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]])
+        assert segment_mask(ids, M, [E], position_ids).nonzero()[:, 1].tolist() == [3, 7, 8]
+        # Without the positions the truncated segment runs on into document 2
+        assert segment_mask(ids, M, [E]).nonzero()[:, 1].tolist() == [3, 4, 5, 6, 7, 8]
+
+    def test_orphan_tail_mask(self):
+        tok = build_char_tokenizer()
+        tokens = segment_tokens(tok, SegmentFormat(prefix="s:"))
+        s, colon, seven, eos = *tok.convert_tokens_to_ids(["s", ":", "7"]), tok.eos_token_id
+        a, b = tok.convert_tokens_to_ids(["a", "b"])
+        rows = torch.tensor(
+            [
+                [colon, seven, eos, a, b, tokens.marker_id, s, colon, seven, eos],  # row starts after the prefix's 's'
+                [seven, eos, a, b, a, b, a, b, a, b],  # row starts with the score
+                [eos, a, b, a, b, a, b, a, b, a],  # row starts with the closing EOS
+                [seven, a, b, a, b, a, b, a, b, a],  # an ordinary row that starts with a digit
+                [a, b, seven, eos, seven, eos, a, b, a, b],  # tails away from a start are not orphans
+            ]
+        )
+        assert orphan_tail_mask(rows, tokens).long().sum(1).tolist() == [3, 2, 1, 0, 0]
+        # Padding-free: a document start inside the row counts too
+        position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
+        packed = torch.tensor([[a, b, a, b, seven, eos, a, b, a, b]])
+        assert orphan_tail_mask(packed, tokens, position_ids).nonzero()[:, 1].tolist() == [4, 5]
+        assert not orphan_tail_mask(packed, tokens).any()
 
     def test_score_mask(self):
         tok = build_char_tokenizer()
