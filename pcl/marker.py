@@ -36,10 +36,10 @@ def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, proce
     if args is None:
         args = config_cls(f"{name.split('/')[-1]}-{suffix}")
     elif isinstance(args, TrainingArguments) and not isinstance(args, config_cls):
-        # Like TRL's SFTTrainer does with a plain `TrainingArguments`: keep every value, PCL's options at defaults
-        values = {k: v for k, v in args.to_dict().items() if k in {f.name for f in fields(config_cls) if f.init}}
-        values["hub_token"] = args.hub_token  # to_dict hides it
-        args = config_cls(**values)
+        # Like TRL's SFTTrainer does with a plain `TrainingArguments`: keep every value, PCL's options at defaults.
+        # Fields are copied directly: `to_dict()` masks every `*_token` value (hub_token, SFTConfig's `eos_token`, ...)
+        known = {f.name for f in fields(config_cls) if f.init}
+        args = config_cls(**{f.name: getattr(args, f.name) for f in fields(args) if f.init and f.name in known})
     if not isinstance(args, config_cls):
         raise TypeError(f"`args` must be a {config_cls.__name__}, got {type(args).__name__}.")
     if processing_class is None:

@@ -5,7 +5,7 @@ import textwrap
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel
 from trl import SFTTrainer
 
 from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
@@ -85,11 +85,6 @@ class PCLSFTTrainer(SFTTrainer):
     _paper = PAPER
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
-        if isinstance(args, TrainingArguments) and not isinstance(args, PCLSFTConfig):
-            # Like SFTTrainer with a plain TrainingArguments: convert, keeping every value (PCL options at defaults).
-            # Fields are copied directly: `to_dict()` masks every `*_token` value (SFTConfig's `eos_token`, ...)
-            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-            args = PCLSFTConfig(**values)
         args, processing_class = resolve_args_and_tokenizer(model, args, PCLSFTConfig, "PCL-SFT", processing_class)
         self.segment_format = args.segment_format
         self._pcl_active = args.self_assessment_weight > 0
