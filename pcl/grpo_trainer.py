@@ -389,7 +389,9 @@ class PCLGRPOTrainer(GRPOTrainer):
             stats[2] = (((probs * values).sum(-1) - truth) ** 2).sum()
             stats[3] = (probs.argmax(-1) == target[rows]).sum().float()
             stats[4] = torch.tensor(float(len(rows)), device=loss.device)
-        stats[5] = term.detach() / self.accelerator.num_processes
+        # TRL's `loss` sums the micro-batch losses of a step while `_metrics` average them: scale the term back up
+        scale = self.current_gradient_accumulation_steps if mode == "train" else 1
+        stats[5] = term.detach() * scale / self.accelerator.num_processes
         nll, n, brier, correct, n_scores, seg_loss = self.accelerator.reduce(torch.stack(stats), "sum").tolist()
         self._metrics[mode]["self_assessment/loss"].append(seg_loss)
         if n > 0:

@@ -617,3 +617,18 @@ def test_running_reward_ranges_are_saved_with_checkpoints(model_dir, tokenizer, 
     resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
     resumed._load_reward_state(str(tmp_path / "out" / "checkpoint-1"))  # what resuming reads
     assert resumed._pcl_reward_targets.ranges == ranges
+
+
+def test_logged_segment_term_is_the_loss_difference_with_gradient_accumulation(model_dir, tokenizer, tmp_path):
+    """TRL logs `loss` summed over a step's micro-batches; `self_assessment/loss` must be on the same scale."""
+    logs = {}
+    for weight in (0.0, 1.0):
+        trainer = make_trainer(
+            model_dir, tokenizer, tmp_path, gradient_accumulation_steps=2, self_assessment_weight=weight, beta=0.0,
+            max_completion_length=8, logging_steps=1,
+        )  # fmt: skip
+        trainer.train()
+        logs[weight] = trainer.state.log_history[0]
+    term = logs[1.0]["self_assessment/loss"]
+    assert term > 0 and logs[0.0]["self_assessment/loss"] == 0.0
+    assert logs[1.0]["loss"] - logs[0.0]["loss"] == pytest.approx(term, rel=1e-3, abs=1e-4)
