@@ -3,7 +3,6 @@
 
 import math
 from collections.abc import Callable
-from numbers import Real
 
 from trl.trainer.utils import get_callable_name, is_async_callable
 
@@ -34,8 +33,16 @@ def check_no_marker(texts: list[str], marker: str, idx: int, name: str) -> None:
 
 
 def _check_rewards(func: Callable, rewards) -> None:
+    # What TRL accepts (anything `float()` converts: bools, 0-dim tensors, numpy scalars) passes; strings, lists and
+    # infinities do not, since they cannot become a score target
     for i, r in enumerate(rewards):
-        if r is not None and (isinstance(r, bool) or not isinstance(r, Real) or math.isinf(r)):
+        if r is None:
+            continue
+        try:
+            value = None if isinstance(r, (str, bytes)) else float(r)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or math.isinf(value):
             raise ValueError(
                 f"Reward function {get_callable_name(func)!r} returned {r!r} for sample {i}: rewards must be finite "
                 "numbers, or None for 'not applicable'."

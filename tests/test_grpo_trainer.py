@@ -427,7 +427,7 @@ def test_weight_zero_accepts_what_the_parent_accepts(model_dir, tokenizer, tmp_p
     import trl
 
     def flags(completions, **kwargs):
-        return [len(c) % 2 == 0 for c in completions]  # bools: refused by PCL's check when the segment is trained
+        return [len(c) % 2 == 0 for c in completions]  # bools, as TRL accepts them
 
     def big(completions, **kwargs):
         return [5.0 * len(c) for c in completions]

@@ -1,7 +1,9 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 import asyncio
 
+import numpy as np
 import pytest
+import torch
 import trl
 from conftest import cpu_args
 from datasets import Dataset
@@ -45,6 +47,41 @@ def test_wrapper_names_the_function_in_its_error():
 
     with pytest.raises(ValueError, match="'Judge' returned 'x' for sample 0"):
         asyncio.run(checked_reward_func(Judge())(completions=["a"]))
+
+
+def test_wrapper_accepts_what_float_converts():
+    """TRL turns rewards into a float tensor: bools, 0-dim tensors and numpy scalars are rewards there, and here."""
+    values = [True, False, torch.tensor(0.5), np.float32(0.25), np.int64(1), 2, None]
+    assert checked_reward_func(lambda **kw: values)(completions=["a"] * 7) is values
+    tensor = torch.tensor([0.0, 1.0])  # a whole tensor, iterated as 0-dim tensors
+    assert checked_reward_func(lambda **kw: tensor)(completions=["a", "b"]) is tensor
+
+
+@pytest.mark.parametrize("bad", ["1.0", [1.0], float("inf"), torch.tensor(-float("inf")), {"r": 1}])
+def test_wrapper_refuses_non_numbers_and_infinities(bad):
+    def judge(completions, **kwargs):
+        return [0.5, bad]
+
+    with pytest.raises(ValueError, match="'judge' returned .* for sample 1: rewards must be finite numbers"):
+        checked_reward_func(judge)(completions=["a", "b"])
+
+
+def test_bool_and_tensor_rewards_train_with_the_segment(model_dir, tokenizer, tmp_path):
+    def flags(completions, **kwargs):
+        return [len(c) % 2 == 0 for c in completions]
+
+    def scalars(completions, **kwargs):
+        return [torch.tensor(float(len(c) % 3 == 0)) for c in completions]
+
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, [flags, scalars], args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=tokenizer
+    )
+    assert trainer.args.self_assessment_weight > 0
+    trainer.train()
+    assert {"rewards/flags/mean", "rewards/scalars/mean"} <= set(trainer.state.log_history[0])
 
 
 @pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
