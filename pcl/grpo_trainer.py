@@ -190,11 +190,14 @@ class PCLGRPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
         # Every process maps the same gathered rewards, so running ranges agree across ranks
+        # Evaluation maps by the training ranges without widening them: the targets training uses must not depend on
+        # how often (or on what) the run was evaluated
+        mode = "train" if self.model.training else "eval"
         start = self.accelerator.process_index * len(prompts)
-        self._pcl_targets = self._pcl_reward_targets(rewards_per_func)[start : start + len(prompts)]
+        targets = self._pcl_reward_targets(rewards_per_func, update=mode == "train")
+        self._pcl_targets = targets[start : start + len(prompts)]
         self._pcl_completion_ids = [list(ids) for ids in completion_ids_list]
         fmt = self.args.segment_format
-        mode = "train" if self.model.training else "eval"
         for key, value in self._pcl_reward_targets.log_ranges.items():
             self._metrics[mode][key].append(value)
         levels = [None if t is None else fmt.level_of(t) for t in self._pcl_targets]

@@ -632,3 +632,20 @@ def test_logged_segment_term_is_the_loss_difference_with_gradient_accumulation(m
     term = logs[1.0]["self_assessment/loss"]
     assert term > 0 and logs[0.0]["self_assessment/loss"] == 0.0
     assert logs[1.0]["loss"] - logs[0.0]["loss"] == pytest.approx(term, rel=1e-3, abs=1e-4)
+
+
+def test_evaluation_leaves_the_training_reward_ranges_alone(model_dir, tokenizer, tmp_path):
+    def scaled(completions, **kwargs):
+        return [10.0 * len(c) for c in completions]  # outside [0, 1]: would widen a running range
+
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, num_generations=4, max_completion_length=8,
+        log_completions=False,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, scaled, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        eval_dataset=Dataset.from_list(PROMPTS[:8]), processing_class=tokenizer,
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    assert metrics["eval_rewards/scaled/mean"] > 1.0  # the rewards did leave [0, 1]
+    assert trainer._pcl_reward_targets.ranges == [[0.0, 1.0]]
