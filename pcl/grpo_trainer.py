@@ -18,6 +18,7 @@ from .marker import (
     CONFIG_KEY,
     attach_hook,
     prepare_model,
+    resize_instance,
     resize_on_creation,
     resolve_args_and_tokenizer,
     segment_tokens,
@@ -116,6 +117,8 @@ class PCLGRPOTrainer(GRPOTrainer):
             reward_funcs = [
                 checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
             ]
+        if not isinstance(model, str):
+            resize_instance(model, processing_class, tokens)
         # The reference model is built and wrapped (DeepSpeed, FSDP) inside the parent's __init__: give it the marker
         # row as it is created, since it cannot be resized once wrapped
         with resize_on_creation(grpo_module, processing_class, tokens):

@@ -175,6 +175,26 @@ def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return True
 
 
+def resize_instance(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens) -> None:
+    """Resize a model instance handed to a trainer for a newly added marker, before the trainer's `__init__` wraps or
+    casts it (e.g. `cast_lm_head_to_fp32` replaces the LM head, which a later resize would silently undo).
+
+    A PEFT-wrapped model cannot be resized safely (its adapters and saved-module lists are built for the old
+    vocabulary): it is refused with the fix.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if len(tokenizer) <= base.get_input_embeddings().num_embeddings:
+        return
+    if base is not model:
+        raise ValueError(
+            f"The marker {tokenizer.convert_ids_to_tokens(tokens.marker_id)!r} is not in the vocabulary of "
+            "this PEFT model, so its embeddings would need a resize, which a model already wrapped by PEFT cannot "
+            "take. Set `self_assessment_marker` to an existing special (e.g. reserved) token of the base model, or "
+            "pass the base model with `peft_config=` so PCL resizes it before PEFT wraps it."
+        )
+    resize_for_marker(model, tokenizer, tokens)
+
+
 @contextlib.contextmanager
 def resize_on_creation(module, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens):
     """Within the block, models that `module.create_model_from_path` loads (TRL's policy and reference models) are

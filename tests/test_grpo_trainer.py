@@ -649,3 +649,53 @@ def test_evaluation_leaves_the_training_reward_ranges_alone(model_dir, tokenizer
     metrics = trainer.evaluate()
     assert metrics["eval_rewards/scaled/mean"] > 1.0  # the rewards did leave [0, 1]
     assert trainer._pcl_reward_targets.ranges == [[0.0, 1.0]]
+
+
+def no_marker_model_dir(tmp_path):
+    from pcl.tiny import build_char_tokenizer, build_tiny_model
+
+    base_tok = build_char_tokenizer(marker=None)
+    path = tmp_path / "no-marker"
+    build_tiny_model(base_tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(path)
+    base_tok.save_pretrained(path)
+    return str(path), base_tok
+
+
+def test_model_instance_is_resized_before_the_parent_casts_its_head(tmp_path):
+    """A bf16 model instance with `cast_lm_head_to_fp32`: the marker's resize happens before the parent replaces the
+    LM head, so the fp32 head survives and the marker row is EOS's."""
+    from transformers import AutoModelForCausalLM
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        cast_lm_head_to_fp32=True,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=base_tok
+    )
+    marker, eos = trainer.segment_tokens.marker_id, trainer.segment_tokens.eos_id
+    head = trainer.model.get_output_embeddings().weight
+    assert head.dtype == torch.float32 and head.size(0) == len(base_tok) and torch.equal(head[marker], head[eos])
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_peft_wrapped_model_needing_a_resize_is_refused(tmp_path):
+    """A model already wrapped by PEFT (anything with `get_base_model`) cannot take the marker's resize."""
+    from transformers import AutoModelForCausalLM
+
+    from pcl.marker import resize_instance, segment_tokens
+    from pcl.segment import SegmentFormat
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    base = AutoModelForCausalLM.from_pretrained(path)
+    wrapped = torch.nn.Module()
+    wrapped.get_base_model = lambda: base  # PEFT's accessor to the model it wraps
+    tokens = segment_tokens(base_tok, SegmentFormat())  # adds the marker to the tokenizer
+    with pytest.raises(ValueError, match="existing special \\(e.g. reserved\\) token of the base model"):
+        resize_instance(wrapped, base_tok, tokens)
+    assert base.get_input_embeddings().num_embeddings == len(base_tok) - 1
+    resize_instance(base, base_tok, tokens)  # the bare model is resized
+    assert base.get_input_embeddings().num_embeddings == len(base_tok)
