@@ -127,9 +127,10 @@ class PCLGRPOTrainer(GRPOTrainer):
                 processing_class=processing_class, **kwargs,
             )  # fmt: skip
         # After the parent's own input checks, so that TRL's error messages come first for what TRL refuses
-        check_prompts(train_dataset, fmt.marker, "train")
+        environment = kwargs.get("environment_factory") is not None
+        check_prompts(train_dataset, fmt.marker, "train", environment)
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:
-            check_prompts(ds, fmt.marker, name)
+            check_prompts(ds, fmt.marker, name, environment)
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.segment_tokens = prepare_model(self._pcl_base, processing_class, fmt)

@@ -411,6 +411,32 @@ def test_reward_funcs_none_with_an_environment_reward(model_dir, tokenizer, tmp_
     assert trainer.state.log_history[0]["rewards/RewardEnv/mean"] == 0.5
 
 
+class PromptingEnv(RewardEnv):
+    def reset(self, **kwargs):
+        return "1 + 1 ="  # the environment writes the prompt
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_environment_dataset_without_a_prompt_column(model_dir, tokenizer, tmp_path, cls, monkeypatch):
+    import os
+
+    import trl
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    with open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", ENV_TEMPLATE)) as f:
+        tokenizer.chat_template = f.read()
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+    ))  # fmt: skip
+    data = Dataset.from_list([{"task_id": i} for i in range(8)])
+    trainer = cls(
+        model_dir, None, args=args, train_dataset=data, processing_class=tokenizer, environment_factory=PromptingEnv
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/PromptingEnv/mean"] == 0.5
+
+
 @pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
 def test_reward_funcs_none_without_a_reward_source_gives_trls_message(model_dir, tokenizer, tmp_path, cls):
     import trl

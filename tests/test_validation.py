@@ -97,3 +97,34 @@ def test_async_and_class_rewards_log_like_trl(model_dir, tokenizer, tmp_path, cl
     trainer.train()
     keys = {k for k in trainer.state.log_history[0] if k.startswith("rewards/")}
     assert keys == {f"rewards/{n}/{s}" for n in ("async_parity", "AsyncJudge", "LengthScore") for s in ("mean", "std")}
+
+
+def test_prompt_check_only_looks_for_the_marker():
+    """Every prompt TRL accepts passes: empty strings, tool-call messages with `content: None`, multimodal parts."""
+    from pcl.validation import check_prompts
+
+    marker = "<|post_completion|>"
+    accepted = [
+        "",
+        [{"role": "user", "content": "1 + 1 ="}, {"role": "assistant", "content": None, "tool_calls": [{}]}],
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}],
+    ]
+    check_prompts(Dataset.from_list([{"prompt": p} for p in accepted[:1]]), marker, "train")
+    for prompt in accepted[1:]:
+        check_prompts(Dataset.from_dict({"prompt": [prompt]}), marker, "train")
+    hidden = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"x {marker}"}]}],
+        [{"role": "assistant", "content": None}, {"role": "user", "content": marker}],
+    ]
+    for prompt in hidden:
+        with pytest.raises(ValueError, match="Row 0 of the train dataset already contains the marker"):
+            check_prompts(Dataset.from_dict({"prompt": [prompt]}), marker, "train")
+
+
+def test_prompt_column_is_optional_with_an_environment():
+    from pcl.validation import check_prompts
+
+    data = Dataset.from_list([{"task_id": 0}])
+    check_prompts(data, "<m>", "train", environment=True)
+    with pytest.raises(ValueError, match="has no 'prompt' column"):
+        check_prompts(data, "<m>", "train")
