@@ -78,9 +78,11 @@ class PCLGRPOTrainer(GRPOTrainer):
     ```
 
     Args:
-        model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs:
-            As for [`~trl.GRPOTrainer`] (`reward_funcs` may be `None` when an environment owns the reward); `args` is
-            a [`PCLGRPOConfig`], or a `GRPOConfig` / `TrainingArguments` converted to one with PCL's defaults.
+        model, reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
+        callbacks, optimizers, quantization_config, peft_config, tools, rollout_func, environment_factory:
+            As for [`~trl.GRPOTrainer`], in the same order (`reward_funcs` may be `None` when an environment owns the
+            reward); `args` is a [`PCLGRPOConfig`], or a `GRPOConfig` / `TrainingArguments` converted to one with
+            PCL's defaults.
     """
 
     _tag_names = ["trl", "grpo", "pcl"]
@@ -95,7 +97,14 @@ class PCLGRPOTrainer(GRPOTrainer):
         train_dataset=None,
         eval_dataset=None,
         processing_class=None,
-        **kwargs,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
     ):
         if isinstance(args, GRPOConfig) and not isinstance(args, PCLGRPOConfig):
             args = PCLGRPOConfig.from_grpo_config(args)
@@ -124,10 +133,13 @@ class PCLGRPOTrainer(GRPOTrainer):
         with resize_on_creation(grpo_module, processing_class, tokens):
             super().__init__(
                 model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                processing_class=processing_class, **kwargs,
+                processing_class=processing_class, reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
+                peft_config=peft_config, tools=tools, rollout_func=rollout_func,
+                environment_factory=environment_factory,
             )  # fmt: skip
         # After the parent's own input checks, so that TRL's error messages come first for what TRL refuses
-        environment = kwargs.get("environment_factory") is not None
+        environment = environment_factory is not None
         check_prompts(train_dataset, fmt.marker, "train", environment)
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:
             check_prompts(ds, fmt.marker, name, environment)

@@ -725,3 +725,24 @@ def test_peft_wrapped_model_needing_a_resize_is_refused(tmp_path):
     assert base.get_input_embeddings().num_embeddings == len(base_tok) - 1
     resize_instance(base, base_tok, tokens)  # the bare model is resized
     assert base.get_input_embeddings().num_embeddings == len(base_tok)
+
+
+def test_signature_mirrors_the_parent():
+    import inspect
+
+    ours, parent = inspect.signature(PCLGRPOTrainer.__init__), inspect.signature(GRPOTrainer.__init__)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in parent.parameters.values()
+    ]
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_positional_call_like_the_parent(model_dir, tokenizer, tmp_path, cls):
+    """Seven positional arguments, the last one `reward_processing_classes`, as a recipe may call GRPOTrainer."""
+    import trl
+
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(per_device_train_batch_size=4, num_generations=4))
+    rm = reward_model(tokenizer)
+    trainer = cls(model_dir, [rm, parity_reward], args, Dataset.from_list(PROMPTS), None, tokenizer, [tokenizer, None])
+    assert trainer.reward_processing_classes[0] is tokenizer and trainer.eval_dataset is None
