@@ -22,6 +22,7 @@ from .marker import (
     resize_on_creation,
     resolve_args_and_tokenizer,
     segment_tokens,
+    text_tokenizer,
 )
 from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
@@ -109,8 +110,9 @@ class PCLGRPOTrainer(GRPOTrainer):
         if isinstance(args, GRPOConfig) and not isinstance(args, PCLGRPOConfig):
             args = PCLGRPOConfig.from_grpo_config(args)
         args, processing_class = resolve_args_and_tokenizer(
-            model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, padding_side="left"
+            model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, processor=True
         )
+        tokenizer = text_tokenizer(processing_class)  # a vision-language model's processor holds the tokenizer
         fmt = args.segment_format
         if args.self_assessment_mode == "both" and args.deepspeed_plugin is not None:
             if is_deepspeed_zero3_enabled():
@@ -120,17 +122,17 @@ class PCLGRPOTrainer(GRPOTrainer):
                     "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3. Use 'teacher_forced' or "
                     "'generated', or ZeRO-2."
                 )
-        tokens = segment_tokens(processing_class, fmt)  # adds the marker before the parent sets up generation
+        tokens = segment_tokens(tokenizer, fmt)  # adds the marker before the parent sets up generation
         strict = args.self_assessment_weight > 0  # with weight 0 the parent's input checks are the only ones
         if reward_funcs is not None and strict:
             reward_funcs = [
                 checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
             ]
         if not isinstance(model, str):
-            resize_instance(model, processing_class, tokens)
+            resize_instance(model, tokenizer, tokens)
         # The reference model is built and wrapped (DeepSpeed, FSDP) inside the parent's __init__: give it the marker
         # row as it is created, since it cannot be resized once wrapped
-        with resize_on_creation(grpo_module, processing_class, tokens):
+        with resize_on_creation(grpo_module, tokenizer, tokens):
             super().__init__(
                 model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                 processing_class=processing_class, reward_processing_classes=reward_processing_classes,
@@ -145,12 +147,12 @@ class PCLGRPOTrainer(GRPOTrainer):
             check_prompts(ds, fmt.marker, name, environment)
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.segment_tokens = prepare_model(self._pcl_base, processing_class, fmt)
+        self.segment_tokens = prepare_model(self._pcl_base, tokenizer, fmt)
         # The segment NLL comes from TRL's fused head, which divides the logits by `temperature`: the checkpoint
         # records it so the self-score readout uses the distribution that was trained
         getattr(self._pcl_base.config, CONFIG_KEY)["readout_temperature"] = self.temperature
         if self.ref_model is not None:
-            prepare_model(getattr(self.ref_model, "module", self.ref_model), processing_class, fmt)
+            prepare_model(getattr(self.ref_model, "module", self.ref_model), tokenizer, fmt)
         self._pcl_reward_targets = RewardTargets(
             fmt,
             self.reward_weights,
@@ -193,7 +195,7 @@ class PCLGRPOTrainer(GRPOTrainer):
             cut = ids.index(marker) if marker in ids else None
             answers.append(ids if cut is None else ids[: cut + 1])
             segments.append(None if cut is None else ids[cut + 1 :])
-        texts = self.processing_class.batch_decode(answers, skip_special_tokens=True)
+        texts = self._tokenizer.batch_decode(answers, skip_special_tokens=True)
         if completions and not isinstance(completions[0], str):
             texts = [[{"role": "assistant", "content": t}] for t in texts]
         return texts, answers, segments

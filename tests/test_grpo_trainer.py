@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import cpu_args
 from datasets import Dataset
+from transformers import ProcessorMixin
 from trl import GRPOTrainer
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer
@@ -746,3 +747,58 @@ def test_positional_call_like_the_parent(model_dir, tokenizer, tmp_path, cls):
     rm = reward_model(tokenizer)
     trainer = cls(model_dir, [rm, parity_reward], args, Dataset.from_list(PROMPTS), None, tokenizer, [tokenizer, None])
     assert trainer.reward_processing_classes[0] is tokenizer and trainer.eval_dataset is None
+
+
+class TextProcessor(ProcessorMixin):
+    """A processor holding only a tokenizer: what a vision-language model's processor is to the marker."""
+
+    def __init__(self, tokenizer=None, **kwargs):
+        super().__init__(tokenizer=tokenizer, **kwargs)
+
+
+def test_processor_gets_the_marker_on_its_tokenizer(tmp_path):
+    from transformers import AutoConfig
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    config = AutoConfig.from_pretrained(path)
+    config.image_token_id = base_tok.unk_token_id  # read by GRPOTrainer from a processor's model (never sampled)
+    config.save_pretrained(path)
+    processor = TextProcessor(base_tok)
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, log_completions=False,
+        logging_steps=1,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(path, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+                             processing_class=processor)  # fmt: skip
+    marker = trainer.segment_tokens.marker_id
+    assert trainer.processing_class is processor and processor.tokenizer.convert_ids_to_tokens(marker) == (
+        args.self_assessment_marker
+    )
+    assert trainer.model.get_input_embeddings().num_embeddings == len(processor.tokenizer)
+    trainer.train()
+    assert trainer.state.log_history[0]["self_assessment/frac_with_segment"] > 0
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_processing_class_is_loaded_like_the_parent(model_dir, tmp_path, cls, monkeypatch):
+    """No `processing_class`: an AutoProcessor with the model's revision and `trust_remote_code`, left-padded."""
+    import trl
+    from transformers import AutoProcessor
+
+    calls = []
+    original = AutoProcessor.from_pretrained.__func__
+
+    def record(klass, *args, **kwargs):
+        calls.append((args, kwargs))
+        return original(klass, *args, **kwargs)
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", classmethod(record))
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, model_init_kwargs={"revision": "main"},
+    ))  # fmt: skip
+    trainer = cls(model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS))
+    assert calls == [
+        ((model_dir,), dict(revision="main", truncation_side="left", padding_side="left", trust_remote_code=False))
+    ]
+    assert trainer.processing_class.padding_side == "left"
