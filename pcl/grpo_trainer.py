@@ -50,11 +50,12 @@ class PCLGRPOTrainer(GRPOTrainer):
     segment tokens only.
 
     Rewards of any scale are accepted (see `self_assessment_reward_range` in [`SelfAssessmentArguments`]); with
-    `self_assessment_weight=0` the loss and gradients are the parent's and PCL adds no reward checks. The logged
-    `loss` includes the segment term; `self_assessment/loss` is that term alone, so the policy loss is their
-    difference.
+    `self_assessment_weight=0` the loss and gradients on a given batch are the parent's and PCL adds no reward checks,
+    but a newly added marker changes the rollouts (see `self_assessment_weight` there). The logged `loss` includes
+    the segment term; `self_assessment/loss` is that term alone, so the policy loss is their difference.
 
-    Overridden: `__init__` (marker token, stop id, reward targets; a plain `GRPOConfig` is converted),
+    Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; a model instance
+    resized for it before the parent wraps it; stop id, reward targets; a plain `GRPOConfig` is converted),
     `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
     `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
     (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
