@@ -636,14 +636,22 @@ def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir,
 
 
 def test_running_reward_ranges_are_saved_with_checkpoints(model_dir, tokenizer, tmp_path):
-    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
+    out_of_unit = [True]
+
+    def length(completions, **kwargs):
+        # Outside [0, 1] in the first run (widens the range); inside it after resuming (widens nothing)
+        return [len(c) - 4.0 if out_of_unit[0] else 0.5 for c in completions]
+
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=length)
     trainer.args.save_strategy, trainer.args.save_steps = "steps", 1
     trainer.train()
     ranges = trainer._pcl_reward_targets.ranges
     assert ranges != [[0.0, 1.0]]
-    resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
-    resumed._load_reward_state(str(tmp_path / "out" / "checkpoint-1"))  # what resuming reads
-    assert resumed._pcl_reward_targets.ranges == ranges
+    out_of_unit[0] = False
+    resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length, max_steps=2)
+    assert resumed._pcl_reward_targets.ranges == [[0.0, 1.0]]
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
+    assert resumed.state.global_step == 2 and resumed._pcl_reward_targets.ranges == ranges
 
 
 def test_logged_segment_term_is_the_loss_difference_with_gradient_accumulation(model_dir, tokenizer, tmp_path):
