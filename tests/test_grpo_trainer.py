@@ -587,18 +587,44 @@ def test_segment_log_probs_never_reach_the_kl(model_dir, tokenizer, tmp_path, mo
 
 
 @pytest.mark.parametrize("mode", ["generated", "both"])
-def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_path, mode):
-    """Generated / both mode: evaluation's groups have `num_generations_eval` rows, not `num_generations`."""
+def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_path, mode, monkeypatch):
+    """Generated / both mode: evaluation normalises the consistency reward within groups of `num_generations_eval`
+    rows (one prompt each), not `num_generations`, which would mix prompts."""
+    import pcl.grpo_trainer as grpo_trainer
+
     args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
-        per_device_train_batch_size=8, num_generations=4, num_generations_eval=3, per_device_eval_batch_size=6,
+        per_device_train_batch_size=8, num_generations=4, num_generations_eval=2, per_device_eval_batch_size=8,
         max_completion_length=8, self_assessment_mode=mode, log_completions=False,
     ))  # fmt: skip
     trainer = PCLGRPOTrainer(
         model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
         eval_dataset=Dataset.from_list(PROMPTS[:4]), processing_class=tokenizer,
     )  # fmt: skip
+    prompts, normalised = [], []
+    calculate = trainer._calculate_rewards
+
+    def known_consistency(inputs, *args):
+        # Per prompt k, its two rows score 0.1 k and 0.1 k + 0.01: values known before the rollouts
+        rewards = calculate(inputs, *args)
+        prompts.extend(x["prompt"] for x in inputs)
+        values = [0.1 * int(x["prompt"][0]) + 0.01 * (i % 2) for i, x in enumerate(inputs)]
+        trainer._pcl_consistency = torch.tensor(values)
+        return rewards
+
+    def spy(values, num_generations, scale_rewards):
+        normalised.append(group_advantages(values, num_generations, scale_rewards))
+        return normalised[-1]
+
+    group_advantages = grpo_trainer.group_advantages
+    trainer._calculate_rewards = known_consistency
+    monkeypatch.setattr(grpo_trainer, "group_advantages", spy)
     metrics = trainer.evaluate()
     assert "eval_self_assessment/consistency" in metrics
+    assert len(prompts) == 8 and all(prompts[2 * k] == prompts[2 * k + 1] for k in range(4))
+    assert len(set(prompts)) == 4
+    # Two rows per group, 0.01 apart: minus the group mean (+-0.005), over the group's sample std 0.01 / sqrt(2)
+    expected = torch.tensor([-0.005, 0.005] * 4) / (0.01 / math.sqrt(2) + 1e-4)
+    torch.testing.assert_close(normalised[0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir, tokenizer, tmp_path):
