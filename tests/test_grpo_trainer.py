@@ -237,8 +237,45 @@ class TestGeneratedMode:
 
     @pytest.mark.parametrize("mode", ["generated", "both"])
     def test_trains(self, model_dir, tokenizer, tmp_path, mode):
-        trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_mode=mode, max_steps=2, logging_steps=1)
+        """In training, the answer keeps GRPO's task advantage and the written segment gets the consistency reward's
+        advantage, normalised within each prompt's group of `num_generations` rows like TRL's."""
+        marker = tokenizer.convert_tokens_to_ids("<|post_completion|>")
+        trainer = make_trainer(
+            model_dir, tokenizer, tmp_path, self_assessment_mode=mode, max_steps=2, logging_steps=1,
+            generation_kwargs={"sequence_bias": [[[marker], 3.0]]},  # an untrained model rarely writes the marker
+        )  # fmt: skip
+        batches = []
+        calculate, original = trainer._calculate_rewards, trainer._written_segments
+
+        def varied_consistency(*args):
+            # An untrained model writes no valid score (consistency 0 everywhere): give the rows distinct values
+            rewards = calculate(*args)
+            trainer._pcl_consistency = torch.tensor([((i * 7) % 5) / 4 for i in range(len(rewards))])
+            return rewards
+
+        def record(output):
+            before = output["advantages"].clone()
+            original(output)
+            batches.append((before, output, trainer._pcl_consistency.tolist(), list(trainer._pcl_completion_ids)))
+
+        trainer._calculate_rewards, trainer._written_segments = varied_consistency, record
         trainer.train()
+        segments = 0
+        for before, output, consistency, answers in batches:
+            for i, (ids, value) in enumerate(zip(answers, consistency, strict=True)):
+                group = [v for v in consistency[i // 4 * 4 : i // 4 * 4 + 4] if not math.isnan(v)]
+                mean = sum(group) / len(group)
+                std = math.sqrt(sum((v - mean) ** 2 for v in group) / (len(group) - 1))
+                expected = 0.0 if math.isnan(value) else (value - mean) / (std + 1e-4)
+                mask = output["completion_mask"][i].bool()
+                advantages = output["advantages"][i]
+                torch.testing.assert_close(advantages[: len(ids)][mask[: len(ids)]], before[i].expand(len(ids))[
+                    mask[: len(ids)]
+                ])  # fmt: skip
+                segment = advantages[len(ids) :][mask[len(ids) :]]
+                segments += len(segment) > 0
+                torch.testing.assert_close(segment, torch.full_like(segment, expected), rtol=1e-4, atol=1e-5)
+        assert segments > 0
         logs = trainer.state.log_history[0]
         assert "self_assessment/consistency" in logs and "self_assessment/frac_with_segment" in logs
 
