@@ -308,10 +308,17 @@ def length_reward(completions, **kwargs):
 
 @pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
 def test_rewards_of_any_scale_train(model_dir, tokenizer, tmp_path, cls):
-    """Reward models with negative scores and summed rewards outside [0, 1] train like with the stock trainer."""
+    """Reward models with negative scores and summed rewards outside [0, 1] train like with the stock trainer; PCL's
+    running range of a callable is the span of what it returned, logged, and its targets stay in [0, 1]."""
+    seen = []
+
+    def length_reward(completions, **kwargs):
+        seen.extend(len(c) - 4.0 for c in completions)
+        return [len(c) - 4.0 for c in completions]
+
     config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else __import__("trl").GRPOConfig
     args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
-        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2, logging_steps=1,
         reward_weights=[1.0, 2.0, 0.5],
     ))  # fmt: skip
     trainer = cls(
@@ -320,7 +327,19 @@ def test_rewards_of_any_scale_train(model_dir, tokenizer, tmp_path, cls):
         reward_processing_classes=[tokenizer, None, None],
     )  # fmt: skip
     trainer.train()
-    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    logs = trainer.state.log_history
+    assert math.isfinite(logs[-1]["train_loss"])
+    assert [log["rewards/length_reward/mean"] for log in logs[:2]] == pytest.approx(
+        [sum(seen[:8]) / 8, sum(seen[8:]) / 8], abs=1e-4
+    )
+    if cls is PCLGRPOTrainer:
+        span = [min(0.0, *seen), max(1.0, *seen)]
+        assert span != [0.0, 1.0] and trainer._pcl_reward_targets.ranges[2] == span
+        assert [
+            logs[1]["self_assessment/range_lo/length_reward"],
+            logs[1]["self_assessment/range_hi/length_reward"],
+        ] == (span)
+        assert all(0.0 <= t <= 1.0 for t in trainer._pcl_targets)
 
 
 def test_auto_targets_computed_from_the_reward_functions(model_dir, tokenizer, tmp_path):
