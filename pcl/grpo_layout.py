@@ -62,6 +62,10 @@ def append_segments(
             output[key] = widen(output[key], 0.0)
     if output.get("importance_sampling_ratio") is not None:
         output["importance_sampling_ratio"] = widen(output["importance_sampling_ratio"], 1.0)
+    for key in ("token_type_ids", "mm_token_type_ids"):
+        # Vision-language models: these span prompt + completion, and text tokens (the segment's too) are type 0
+        if extra and output.get(key) is not None:
+            output[key] = torch.nn.functional.pad(output[key], (0, extra), value=0)
 
     batch = len(lengths)
     nll_mask = torch.zeros_like(output["completion_mask"], dtype=torch.bool)

@@ -18,9 +18,11 @@ from .marker import (
     CONFIG_KEY,
     attach_hook,
     prepare_model,
+    resize_instance,
     resize_on_creation,
     resolve_args_and_tokenizer,
     segment_tokens,
+    text_tokenizer,
 )
 from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
@@ -48,11 +50,12 @@ class PCLGRPOTrainer(GRPOTrainer):
     segment tokens only.
 
     Rewards of any scale are accepted (see `self_assessment_reward_range` in [`SelfAssessmentArguments`]); with
-    `self_assessment_weight=0` the loss and gradients are the parent's and PCL adds no reward checks. The logged
-    `loss` includes the segment term; `self_assessment/loss` is that term alone, so the policy loss is their
-    difference.
+    `self_assessment_weight=0` the loss and gradients on a given batch are the parent's and PCL adds no reward checks,
+    but a newly added marker changes the rollouts (see `self_assessment_weight` there). The logged `loss` includes
+    the segment term; `self_assessment/loss` is that term alone, so the policy loss is their difference.
 
-    Overridden: `__init__` (marker token, stop id, reward targets; a plain `GRPOConfig` is converted),
+    Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; a model instance
+    resized for it before the parent wraps it; stop id, reward targets; a plain `GRPOConfig` is converted),
     `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
     `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
     (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
@@ -77,9 +80,11 @@ class PCLGRPOTrainer(GRPOTrainer):
     ```
 
     Args:
-        model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs:
-            As for [`~trl.GRPOTrainer`] (`reward_funcs` may be `None` when an environment owns the reward); `args` is
-            a [`PCLGRPOConfig`], or a `GRPOConfig` / `TrainingArguments` converted to one with PCL's defaults.
+        model, reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
+        callbacks, optimizers, quantization_config, peft_config, tools, rollout_func, environment_factory:
+            As for [`~trl.GRPOTrainer`], in the same order (`reward_funcs` may be `None` when an environment owns the
+            reward); `args` is a [`PCLGRPOConfig`], or a `GRPOConfig` / `TrainingArguments` converted to one with
+            PCL's defaults.
     """
 
     _tag_names = ["trl", "grpo", "pcl"]
@@ -94,13 +99,21 @@ class PCLGRPOTrainer(GRPOTrainer):
         train_dataset=None,
         eval_dataset=None,
         processing_class=None,
-        **kwargs,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
     ):
         if isinstance(args, GRPOConfig) and not isinstance(args, PCLGRPOConfig):
             args = PCLGRPOConfig.from_grpo_config(args)
         args, processing_class = resolve_args_and_tokenizer(
-            model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, padding_side="left"
+            model, args, PCLGRPOConfig, "PCL-GRPO", processing_class, processor=True
         )
+        tokenizer = text_tokenizer(processing_class)  # a vision-language model's processor holds the tokenizer
         fmt = args.segment_format
         if args.self_assessment_mode == "both" and args.deepspeed_plugin is not None:
             if is_deepspeed_zero3_enabled():
@@ -110,31 +123,37 @@ class PCLGRPOTrainer(GRPOTrainer):
                     "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3. Use 'teacher_forced' or "
                     "'generated', or ZeRO-2."
                 )
-        tokens = segment_tokens(processing_class, fmt)  # adds the marker before the parent sets up generation
+        tokens = segment_tokens(tokenizer, fmt)  # adds the marker before the parent sets up generation
         strict = args.self_assessment_weight > 0  # with weight 0 the parent's input checks are the only ones
         if reward_funcs is not None and strict:
             reward_funcs = [
                 checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
             ]
+        if not isinstance(model, str):
+            resize_instance(model, tokenizer, tokens)
         # The reference model is built and wrapped (DeepSpeed, FSDP) inside the parent's __init__: give it the marker
         # row as it is created, since it cannot be resized once wrapped
-        with resize_on_creation(grpo_module, processing_class, tokens):
+        with resize_on_creation(grpo_module, tokenizer, tokens):
             super().__init__(
                 model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                processing_class=processing_class, **kwargs,
+                processing_class=processing_class, reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
+                peft_config=peft_config, tools=tools, rollout_func=rollout_func,
+                environment_factory=environment_factory,
             )  # fmt: skip
         # After the parent's own input checks, so that TRL's error messages come first for what TRL refuses
-        check_prompts(train_dataset, fmt.marker, "train")
+        environment = environment_factory is not None
+        check_prompts(train_dataset, fmt.marker, "train", environment)
         for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]:
-            check_prompts(ds, fmt.marker, name)
+            check_prompts(ds, fmt.marker, name, environment)
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.segment_tokens = prepare_model(self._pcl_base, processing_class, fmt)
+        self.segment_tokens = prepare_model(self._pcl_base, tokenizer, fmt)
         # The segment NLL comes from TRL's fused head, which divides the logits by `temperature`: the checkpoint
         # records it so the self-score readout uses the distribution that was trained
         getattr(self._pcl_base.config, CONFIG_KEY)["readout_temperature"] = self.temperature
         if self.ref_model is not None:
-            prepare_model(getattr(self.ref_model, "module", self.ref_model), processing_class, fmt)
+            prepare_model(getattr(self.ref_model, "module", self.ref_model), tokenizer, fmt)
         self._pcl_reward_targets = RewardTargets(
             fmt,
             self.reward_weights,
@@ -177,7 +196,7 @@ class PCLGRPOTrainer(GRPOTrainer):
             cut = ids.index(marker) if marker in ids else None
             answers.append(ids if cut is None else ids[: cut + 1])
             segments.append(None if cut is None else ids[cut + 1 :])
-        texts = self.processing_class.batch_decode(answers, skip_special_tokens=True)
+        texts = self._tokenizer.batch_decode(answers, skip_special_tokens=True)
         if completions and not isinstance(completions[0], str):
             texts = [[{"role": "assistant", "content": t}] for t in texts]
         return texts, answers, segments
@@ -190,11 +209,14 @@ class PCLGRPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
         # Every process maps the same gathered rewards, so running ranges agree across ranks
+        # Evaluation maps by the training ranges without widening them: the targets training uses must not depend on
+        # how often (or on what) the run was evaluated
+        mode = "train" if self.model.training else "eval"
         start = self.accelerator.process_index * len(prompts)
-        self._pcl_targets = self._pcl_reward_targets(rewards_per_func)[start : start + len(prompts)]
+        targets = self._pcl_reward_targets(rewards_per_func, update=mode == "train")
+        self._pcl_targets = targets[start : start + len(prompts)]
         self._pcl_completion_ids = [list(ids) for ids in completion_ids_list]
         fmt = self.args.segment_format
-        mode = "train" if self.model.training else "eval"
         for key, value in self._pcl_reward_targets.log_ranges.items():
             self._metrics[mode][key].append(value)
         levels = [None if t is None else fmt.level_of(t) for t in self._pcl_targets]
@@ -389,7 +411,9 @@ class PCLGRPOTrainer(GRPOTrainer):
             stats[2] = (((probs * values).sum(-1) - truth) ** 2).sum()
             stats[3] = (probs.argmax(-1) == target[rows]).sum().float()
             stats[4] = torch.tensor(float(len(rows)), device=loss.device)
-        stats[5] = term.detach() / self.accelerator.num_processes
+        # TRL's `loss` sums the micro-batch losses of a step while `_metrics` average them: scale the term back up
+        scale = self.current_gradient_accumulation_steps if mode == "train" else 1
+        stats[5] = term.detach() * scale / self.accelerator.num_processes
         nll, n, brier, correct, n_scores, seg_loss = self.accelerator.reduce(torch.stack(stats), "sum").tolist()
         self._metrics[mode]["self_assessment/loss"].append(seg_loss)
         if n > 0:

@@ -13,11 +13,14 @@ from dataclasses import asdict, fields
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoProcessor,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     TrainingArguments,
 )
+from trl.trainer.utils import get_config_model_id
 
 from .segment import SegmentFormat, SegmentTokens
 
@@ -26,11 +29,15 @@ from .segment import SegmentFormat, SegmentTokens
 CONFIG_KEY = "post_completion"
 
 
-def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, processing_class=None, **tokenizer_kwargs):
+def resolve_args_and_tokenizer(
+    model, args, config_cls: type, suffix: str, processing_class=None, processor: bool = False, **tokenizer_kwargs
+):
     """TRL's defaults for a trainer's `args` and `processing_class`, plus a type check of `args`.
 
     The tokenizer is loaded here rather than by the parent trainer because the marker must be added before the parent
-    tokenises datasets or sets up generation in its `__init__`.
+    tokenises datasets or sets up generation in its `__init__`. With `processor=True` it is loaded as `GRPOTrainer`
+    loads it: an `AutoProcessor` (a vision-language model's processor, or a tokenizer), left-padded and left-truncated,
+    with the `revision` of `model_init_kwargs` and `args.trust_remote_code`; `tokenizer_kwargs` are then unused.
     """
     name = model if isinstance(model, str) else model.config._name_or_path
     if args is None:
@@ -42,9 +49,23 @@ def resolve_args_and_tokenizer(model, args, config_cls: type, suffix: str, proce
         args = config_cls(**{f.name: getattr(args, f.name) for f in fields(args) if f.init and f.name in known})
     if not isinstance(args, config_cls):
         raise TypeError(f"`args` must be a {config_cls.__name__}, got {type(args).__name__}.")
-    if processing_class is None:
+    if processing_class is None and processor:
+        revision = (args.model_init_kwargs or {}).get("revision") if isinstance(model, str) else None
+        processing_class = AutoProcessor.from_pretrained(
+            name if isinstance(model, str) else get_config_model_id(model.config),
+            revision=revision,
+            truncation_side="left",
+            padding_side="left",
+            trust_remote_code=args.trust_remote_code,
+        )
+    elif processing_class is None:
         processing_class = AutoTokenizer.from_pretrained(name, **tokenizer_kwargs)
     return args, processing_class
+
+
+def text_tokenizer(processing_class) -> PreTrainedTokenizerBase:
+    """The tokenizer the marker is added to: a processor's (`ProcessorMixin.tokenizer`), or the processing class."""
+    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
 
 
 def attach_hook(model: torch.nn.Module, hook, module: torch.nn.Module | None = None, **kwargs) -> None:
@@ -173,6 +194,26 @@ def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         for weight in rows:
             weight[tokens.marker_id] = weight[tokens.eos_id]
     return True
+
+
+def resize_instance(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens) -> None:
+    """Resize a model instance handed to a trainer for a newly added marker, before the trainer's `__init__` wraps or
+    casts it (e.g. `cast_lm_head_to_fp32` replaces the LM head, which a later resize would silently undo).
+
+    A PEFT-wrapped model cannot be resized safely (its adapters and saved-module lists are built for the old
+    vocabulary): it is refused with the fix.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if len(tokenizer) <= base.get_input_embeddings().num_embeddings:
+        return
+    if base is not model:
+        raise ValueError(
+            f"The marker {tokenizer.convert_ids_to_tokens(tokens.marker_id)!r} is not in the vocabulary of "
+            "this PEFT model, so its embeddings would need a resize, which a model already wrapped by PEFT cannot "
+            "take. Set `self_assessment_marker` to an existing special (e.g. reserved) token of the base model, or "
+            "pass the base model with `peft_config=` so PCL resizes it before PEFT wraps it."
+        )
+    resize_for_marker(model, tokenizer, tokens)
 
 
 @contextlib.contextmanager

@@ -52,8 +52,9 @@ class RewardTargets:
         if len(state.get("ranges", [])) == len(self.ranges):
             self.ranges = [[float(lo), float(hi)] for lo, hi in state["ranges"]]
 
-    def _mapped(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Each column in [0, 1]; NaN (TRL's "not applicable") and infinite values become NaN."""
+    def _mapped(self, rewards: torch.Tensor, update: bool) -> torch.Tensor:
+        """Each column in [0, 1]; NaN (TRL's "not applicable") and infinite values become NaN. `update=False` maps by
+        the current ranges without widening them (outside them the final target is clipped)."""
         rewards = rewards.float().clone()
         rewards[~torch.isfinite(rewards)] = math.nan
         for j in range(rewards.size(1)):
@@ -62,7 +63,7 @@ class RewardTargets:
                 rewards[:, j] = torch.sigmoid(col)
                 continue
             seen = col[~torch.isnan(col)]
-            if seen.numel():
+            if seen.numel() and update:
                 lo, hi = self.ranges[j]
                 new_lo, new_hi = min(lo, seen.min().item()), max(hi, seen.max().item())
                 if (new_lo, new_hi) != (lo, hi):
@@ -80,8 +81,9 @@ class RewardTargets:
             rewards[:, j] = (col - lo) / (hi - lo)
         return rewards
 
-    def __call__(self, rewards: torch.Tensor) -> list[float | None]:
-        """Targets for every row of the gathered rewards (call it on every process with the same tensor)."""
+    def __call__(self, rewards: torch.Tensor, update: bool = True) -> list[float | None]:
+        """Targets for every row of the gathered rewards (call it on every process with the same tensor). With
+        `update=False` (evaluation) the running ranges are read but not widened: only training moves them."""
         rewards = rewards.detach().float().cpu()
         if not self.auto:
             weighted = (rewards * self.weights).nansum(dim=1)
@@ -90,7 +92,7 @@ class RewardTargets:
             return [
                 None if not math.isfinite(r) and not math.isnan(r) else fmt.normalize(r) for r in weighted.tolist()
             ]
-        mapped = self._mapped(rewards)
+        mapped = self._mapped(rewards, update)
         applicable = ~torch.isnan(mapped)
         w = self.weights.expand_as(mapped)
         lo = (w.clamp(max=0) * applicable).sum(dim=1)

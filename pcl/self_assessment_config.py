@@ -37,8 +37,13 @@ class SelfAssessmentArguments:
             What to do with a reward outside a declared `self_assessment_reward_range`: `"error"` (refuse) or
             `"clip"`. Unused in auto mode.
         self_assessment_weight (`float`, *optional*, defaults to `1.0`):
-            Weight of the teacher-forced loss on the assessment tokens (score and closing EOS). `0.0` trains exactly
-            like the parent TRL trainer.
+            Weight of the teacher-forced loss on the assessment tokens (score and closing EOS). What `0.0` guarantees
+            depends on the trainer; for PCL-SFT see [`PCLSFTTrainer`]. In PCL-GRPO, weight `0.0` gives the same loss
+            and gradients as `GRPOTrainer._compute_loss` on the same batch and the same (marker-resized) model,
+            except for the EOS and marker LM-head rows under DeepSpeed ZeRO-3. The rollouts are not the parent's,
+            though: a newly added marker is a stop whose output row starts as a copy of EOS's, so before training the
+            stop probability `p(EOS)` becomes `p(EOS) + p(marker)`, about `2 * p(EOS)` when it is small. Naming an
+            existing (reserved) special token of the base model as the marker avoids the resize and the copied row.
     """
 
     self_assessment_marker: str = field(

@@ -3,7 +3,6 @@
 
 import math
 from collections.abc import Callable
-from numbers import Real
 
 from trl.trainer.utils import get_callable_name, is_async_callable
 
@@ -34,8 +33,16 @@ def check_no_marker(texts: list[str], marker: str, idx: int, name: str) -> None:
 
 
 def _check_rewards(func: Callable, rewards) -> None:
+    # What TRL accepts (anything `float()` converts: bools, 0-dim tensors, numpy scalars) passes; strings, lists and
+    # infinities do not, since they cannot become a score target
     for i, r in enumerate(rewards):
-        if r is not None and (isinstance(r, bool) or not isinstance(r, Real) or math.isinf(r)):
+        if r is None:
+            continue
+        try:
+            value = None if isinstance(r, (str, bytes)) else float(r)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or math.isinf(value):
             raise ValueError(
                 f"Reward function {get_callable_name(func)!r} returned {r!r} for sample {i}: rewards must be finite "
                 "numbers, or None for 'not applicable'."
@@ -71,11 +78,33 @@ def checked_reward_func(func: Callable) -> Callable:
     return wrapper
 
 
-def check_prompts(dataset, marker: str, name: str) -> None:
-    """GRPO datasets: a `prompt` column whose prompts are well-formed and free of the marker."""
+def prompt_strings(prompt) -> list[str]:
+    """The texts of a GRPO prompt a marker could hide in: the prompt itself if a string, each message's string
+    `content`, and the `text` parts of multimodal content lists. Anything else (`content: None` on tool-call messages,
+    images) holds no text; the prompt's shape is TRL's to judge."""
+    if isinstance(prompt, str):
+        return [prompt]
+    texts = []
+    for message in prompt if isinstance(prompt, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return texts
+
+
+def check_prompts(dataset, marker: str, name: str, environment: bool = False) -> None:
+    """GRPO datasets: no prompt may contain the marker (it would be read as a segment). Only the marker is looked for.
+
+    A dataset without a `prompt` column is refused unless an `environment_factory` writes the prompts (TRL then reads
+    none from the dataset).
+    """
     if dataset is None or getattr(dataset, "column_names", None) is None:
         return
     if "prompt" not in dataset.column_names:
+        if environment:
+            return
         raise ValueError(f"The {name} dataset has no 'prompt' column (columns: {dataset.column_names}).")
     for idx, prompt in enumerate(dataset["prompt"]):
-        check_no_marker(row_texts(prompt, "prompt", idx, name), marker, idx, name)
+        check_no_marker(prompt_strings(prompt), marker, idx, name)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import cpu_args
 from datasets import Dataset
+from transformers import ProcessorMixin
 from trl import GRPOTrainer
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer
@@ -236,8 +237,45 @@ class TestGeneratedMode:
 
     @pytest.mark.parametrize("mode", ["generated", "both"])
     def test_trains(self, model_dir, tokenizer, tmp_path, mode):
-        trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_mode=mode, max_steps=2, logging_steps=1)
+        """In training, the answer keeps GRPO's task advantage and the written segment gets the consistency reward's
+        advantage, normalised within each prompt's group of `num_generations` rows like TRL's."""
+        marker = tokenizer.convert_tokens_to_ids("<|post_completion|>")
+        trainer = make_trainer(
+            model_dir, tokenizer, tmp_path, self_assessment_mode=mode, max_steps=2, logging_steps=1,
+            generation_kwargs={"sequence_bias": [[[marker], 3.0]]},  # an untrained model rarely writes the marker
+        )  # fmt: skip
+        batches = []
+        calculate, original = trainer._calculate_rewards, trainer._written_segments
+
+        def varied_consistency(*args):
+            # An untrained model writes no valid score (consistency 0 everywhere): give the rows distinct values
+            rewards = calculate(*args)
+            trainer._pcl_consistency = torch.tensor([((i * 7) % 5) / 4 for i in range(len(rewards))])
+            return rewards
+
+        def record(output):
+            before = output["advantages"].clone()
+            original(output)
+            batches.append((before, output, trainer._pcl_consistency.tolist(), list(trainer._pcl_completion_ids)))
+
+        trainer._calculate_rewards, trainer._written_segments = varied_consistency, record
         trainer.train()
+        segments = 0
+        for before, output, consistency, answers in batches:
+            for i, (ids, value) in enumerate(zip(answers, consistency, strict=True)):
+                group = [v for v in consistency[i // 4 * 4 : i // 4 * 4 + 4] if not math.isnan(v)]
+                mean = sum(group) / len(group)
+                std = math.sqrt(sum((v - mean) ** 2 for v in group) / (len(group) - 1))
+                expected = 0.0 if math.isnan(value) else (value - mean) / (std + 1e-4)
+                mask = output["completion_mask"][i].bool()
+                advantages = output["advantages"][i]
+                torch.testing.assert_close(advantages[: len(ids)][mask[: len(ids)]], before[i].expand(len(ids))[
+                    mask[: len(ids)]
+                ])  # fmt: skip
+                segment = advantages[len(ids) :][mask[len(ids) :]]
+                segments += len(segment) > 0
+                torch.testing.assert_close(segment, torch.full_like(segment, expected), rtol=1e-4, atol=1e-5)
+        assert segments > 0
         logs = trainer.state.log_history[0]
         assert "self_assessment/consistency" in logs and "self_assessment/frac_with_segment" in logs
 
@@ -270,10 +308,17 @@ def length_reward(completions, **kwargs):
 
 @pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
 def test_rewards_of_any_scale_train(model_dir, tokenizer, tmp_path, cls):
-    """Reward models with negative scores and summed rewards outside [0, 1] train like with the stock trainer."""
+    """Reward models with negative scores and summed rewards outside [0, 1] train like with the stock trainer; PCL's
+    running range of a callable is the span of what it returned, logged, and its targets stay in [0, 1]."""
+    seen = []
+
+    def length_reward(completions, **kwargs):
+        seen.extend(len(c) - 4.0 for c in completions)
+        return [len(c) - 4.0 for c in completions]
+
     config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else __import__("trl").GRPOConfig
     args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
-        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2, logging_steps=1,
         reward_weights=[1.0, 2.0, 0.5],
     ))  # fmt: skip
     trainer = cls(
@@ -282,7 +327,19 @@ def test_rewards_of_any_scale_train(model_dir, tokenizer, tmp_path, cls):
         reward_processing_classes=[tokenizer, None, None],
     )  # fmt: skip
     trainer.train()
-    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    logs = trainer.state.log_history
+    assert math.isfinite(logs[-1]["train_loss"])
+    assert [log["rewards/length_reward/mean"] for log in logs[:2]] == pytest.approx(
+        [sum(seen[:8]) / 8, sum(seen[8:]) / 8], abs=1e-4
+    )
+    if cls is PCLGRPOTrainer:
+        span = [min(0.0, *seen), max(1.0, *seen)]
+        assert span != [0.0, 1.0] and trainer._pcl_reward_targets.ranges[2] == span
+        assert [
+            logs[1]["self_assessment/range_lo/length_reward"],
+            logs[1]["self_assessment/range_hi/length_reward"],
+        ] == (span)
+        assert all(0.0 <= t <= 1.0 for t in trainer._pcl_targets)
 
 
 def test_auto_targets_computed_from_the_reward_functions(model_dir, tokenizer, tmp_path):
@@ -411,6 +468,32 @@ def test_reward_funcs_none_with_an_environment_reward(model_dir, tokenizer, tmp_
     assert trainer.state.log_history[0]["rewards/RewardEnv/mean"] == 0.5
 
 
+class PromptingEnv(RewardEnv):
+    def reset(self, **kwargs):
+        return "1 + 1 ="  # the environment writes the prompt
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_environment_dataset_without_a_prompt_column(model_dir, tokenizer, tmp_path, cls, monkeypatch):
+    import os
+
+    import trl
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    with open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", ENV_TEMPLATE)) as f:
+        tokenizer.chat_template = f.read()
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+    ))  # fmt: skip
+    data = Dataset.from_list([{"task_id": i} for i in range(8)])
+    trainer = cls(
+        model_dir, None, args=args, train_dataset=data, processing_class=tokenizer, environment_factory=PromptingEnv
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/PromptingEnv/mean"] == 0.5
+
+
 @pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
 def test_reward_funcs_none_without_a_reward_source_gives_trls_message(model_dir, tokenizer, tmp_path, cls):
     import trl
@@ -427,7 +510,7 @@ def test_weight_zero_accepts_what_the_parent_accepts(model_dir, tokenizer, tmp_p
     import trl
 
     def flags(completions, **kwargs):
-        return [len(c) % 2 == 0 for c in completions]  # bools: refused by PCL's check when the segment is trained
+        return [len(c) % 2 == 0 for c in completions]  # bools, as TRL accepts them
 
     def big(completions, **kwargs):
         return [5.0 * len(c) for c in completions]
@@ -560,18 +643,44 @@ def test_segment_log_probs_never_reach_the_kl(model_dir, tokenizer, tmp_path, mo
 
 
 @pytest.mark.parametrize("mode", ["generated", "both"])
-def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_path, mode):
-    """Generated / both mode: evaluation's groups have `num_generations_eval` rows, not `num_generations`."""
+def test_evaluation_groups_by_num_generations_eval(model_dir, tokenizer, tmp_path, mode, monkeypatch):
+    """Generated / both mode: evaluation normalises the consistency reward within groups of `num_generations_eval`
+    rows (one prompt each), not `num_generations`, which would mix prompts."""
+    import pcl.grpo_trainer as grpo_trainer
+
     args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
-        per_device_train_batch_size=8, num_generations=4, num_generations_eval=3, per_device_eval_batch_size=6,
+        per_device_train_batch_size=8, num_generations=4, num_generations_eval=2, per_device_eval_batch_size=8,
         max_completion_length=8, self_assessment_mode=mode, log_completions=False,
     ))  # fmt: skip
     trainer = PCLGRPOTrainer(
         model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
         eval_dataset=Dataset.from_list(PROMPTS[:4]), processing_class=tokenizer,
     )  # fmt: skip
+    prompts, normalised = [], []
+    calculate = trainer._calculate_rewards
+
+    def known_consistency(inputs, *args):
+        # Per prompt k, its two rows score 0.1 k and 0.1 k + 0.01: values known before the rollouts
+        rewards = calculate(inputs, *args)
+        prompts.extend(x["prompt"] for x in inputs)
+        values = [0.1 * int(x["prompt"][0]) + 0.01 * (i % 2) for i, x in enumerate(inputs)]
+        trainer._pcl_consistency = torch.tensor(values)
+        return rewards
+
+    def spy(values, num_generations, scale_rewards):
+        normalised.append(group_advantages(values, num_generations, scale_rewards))
+        return normalised[-1]
+
+    group_advantages = grpo_trainer.group_advantages
+    trainer._calculate_rewards = known_consistency
+    monkeypatch.setattr(grpo_trainer, "group_advantages", spy)
     metrics = trainer.evaluate()
     assert "eval_self_assessment/consistency" in metrics
+    assert len(prompts) == 8 and all(prompts[2 * k] == prompts[2 * k + 1] for k in range(4))
+    assert len(set(prompts)) == 4
+    # Two rows per group, 0.01 apart: minus the group mean (+-0.005), over the group's sample std 0.01 / sqrt(2)
+    expected = torch.tensor([-0.005, 0.005] * 4) / (0.01 / math.sqrt(2) + 1e-4)
+    torch.testing.assert_close(normalised[0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir, tokenizer, tmp_path):
@@ -609,11 +718,177 @@ def test_segment_of_an_eos_rollout_is_trained_where_the_readout_reads(model_dir,
 
 
 def test_running_reward_ranges_are_saved_with_checkpoints(model_dir, tokenizer, tmp_path):
-    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
+    out_of_unit = [True]
+
+    def length(completions, **kwargs):
+        # Outside [0, 1] in the first run (widens the range); inside it after resuming (widens nothing)
+        return [len(c) - 4.0 if out_of_unit[0] else 0.5 for c in completions]
+
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, reward=length)
     trainer.args.save_strategy, trainer.args.save_steps = "steps", 1
     trainer.train()
     ranges = trainer._pcl_reward_targets.ranges
     assert ranges != [[0.0, 1.0]]
-    resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length_reward)
-    resumed._load_reward_state(str(tmp_path / "out" / "checkpoint-1"))  # what resuming reads
-    assert resumed._pcl_reward_targets.ranges == ranges
+    out_of_unit[0] = False
+    resumed = make_trainer(model_dir, tokenizer, tmp_path, reward=length, max_steps=2)
+    assert resumed._pcl_reward_targets.ranges == [[0.0, 1.0]]
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
+    assert resumed.state.global_step == 2 and resumed._pcl_reward_targets.ranges == ranges
+
+
+def test_logged_segment_term_is_the_loss_difference_with_gradient_accumulation(model_dir, tokenizer, tmp_path):
+    """TRL logs `loss` summed over a step's micro-batches; `self_assessment/loss` must be on the same scale."""
+    logs = {}
+    for weight in (0.0, 1.0):
+        trainer = make_trainer(
+            model_dir, tokenizer, tmp_path, gradient_accumulation_steps=2, self_assessment_weight=weight, beta=0.0,
+            max_completion_length=8, logging_steps=1,
+        )  # fmt: skip
+        trainer.train()
+        logs[weight] = trainer.state.log_history[0]
+    term = logs[1.0]["self_assessment/loss"]
+    assert term > 0 and logs[0.0]["self_assessment/loss"] == 0.0
+    assert logs[1.0]["loss"] - logs[0.0]["loss"] == pytest.approx(term, rel=1e-3, abs=1e-4)
+
+
+def test_evaluation_leaves_the_training_reward_ranges_alone(model_dir, tokenizer, tmp_path):
+    def scaled(completions, **kwargs):
+        return [10.0 * len(c) for c in completions]  # outside [0, 1]: would widen a running range
+
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, num_generations=4, max_completion_length=8,
+        log_completions=False,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model_dir, scaled, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        eval_dataset=Dataset.from_list(PROMPTS[:8]), processing_class=tokenizer,
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    assert metrics["eval_rewards/scaled/mean"] > 1.0  # the rewards did leave [0, 1]
+    assert trainer._pcl_reward_targets.ranges == [[0.0, 1.0]]
+
+
+def no_marker_model_dir(tmp_path):
+    from pcl.tiny import build_char_tokenizer, build_tiny_model
+
+    base_tok = build_char_tokenizer(marker=None)
+    path = tmp_path / "no-marker"
+    build_tiny_model(base_tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(path)
+    base_tok.save_pretrained(path)
+    return str(path), base_tok
+
+
+def test_model_instance_is_resized_before_the_parent_casts_its_head(tmp_path):
+    """A bf16 model instance with `cast_lm_head_to_fp32`: the marker's resize happens before the parent replaces the
+    LM head, so the fp32 head survives and the marker row is EOS's."""
+    from transformers import AutoModelForCausalLM
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, logging_steps=1,
+        cast_lm_head_to_fp32=True,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS), processing_class=base_tok
+    )
+    marker, eos = trainer.segment_tokens.marker_id, trainer.segment_tokens.eos_id
+    head = trainer.model.get_output_embeddings().weight
+    assert head.dtype == torch.float32 and head.size(0) == len(base_tok) and torch.equal(head[marker], head[eos])
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def test_peft_wrapped_model_needing_a_resize_is_refused(tmp_path):
+    """A model already wrapped by PEFT (anything with `get_base_model`) cannot take the marker's resize."""
+    from transformers import AutoModelForCausalLM
+
+    from pcl.marker import resize_instance, segment_tokens
+    from pcl.segment import SegmentFormat
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    base = AutoModelForCausalLM.from_pretrained(path)
+    wrapped = torch.nn.Module()
+    wrapped.get_base_model = lambda: base  # PEFT's accessor to the model it wraps
+    tokens = segment_tokens(base_tok, SegmentFormat())  # adds the marker to the tokenizer
+    with pytest.raises(ValueError, match="existing special \\(e.g. reserved\\) token of the base model"):
+        resize_instance(wrapped, base_tok, tokens)
+    assert base.get_input_embeddings().num_embeddings == len(base_tok) - 1
+    resize_instance(base, base_tok, tokens)  # the bare model is resized
+    assert base.get_input_embeddings().num_embeddings == len(base_tok)
+
+
+def test_signature_mirrors_the_parent():
+    import inspect
+
+    ours, parent = inspect.signature(PCLGRPOTrainer.__init__), inspect.signature(GRPOTrainer.__init__)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in parent.parameters.values()
+    ]
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_positional_call_like_the_parent(model_dir, tokenizer, tmp_path, cls):
+    """Seven positional arguments, the last one `reward_processing_classes`, as a recipe may call GRPOTrainer."""
+    import trl
+
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(per_device_train_batch_size=4, num_generations=4))
+    rm = reward_model(tokenizer)
+    trainer = cls(model_dir, [rm, parity_reward], args, Dataset.from_list(PROMPTS), None, tokenizer, [tokenizer, None])
+    assert trainer.reward_processing_classes[0] is tokenizer and trainer.eval_dataset is None
+
+
+class TextProcessor(ProcessorMixin):
+    """A processor holding only a tokenizer: what a vision-language model's processor is to the marker."""
+
+    def __init__(self, tokenizer=None, **kwargs):
+        super().__init__(tokenizer=tokenizer, **kwargs)
+
+
+def test_processor_gets_the_marker_on_its_tokenizer(tmp_path):
+    from transformers import AutoConfig
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    config = AutoConfig.from_pretrained(path)
+    config.image_token_id = base_tok.unk_token_id  # read by GRPOTrainer from a processor's model (never sampled)
+    config.save_pretrained(path)
+    processor = TextProcessor(base_tok)
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, log_completions=False,
+        logging_steps=1,
+    ))  # fmt: skip
+    trainer = PCLGRPOTrainer(path, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+                             processing_class=processor)  # fmt: skip
+    marker = trainer.segment_tokens.marker_id
+    assert trainer.processing_class is processor and processor.tokenizer.convert_ids_to_tokens(marker) == (
+        args.self_assessment_marker
+    )
+    assert trainer.model.get_input_embeddings().num_embeddings == len(processor.tokenizer)
+    trainer.train()
+    assert trainer.state.log_history[0]["self_assessment/frac_with_segment"] > 0
+
+
+@pytest.mark.parametrize("cls", [GRPOTrainer, PCLGRPOTrainer])
+def test_processing_class_is_loaded_like_the_parent(model_dir, tmp_path, cls, monkeypatch):
+    """No `processing_class`: an AutoProcessor with the model's revision and `trust_remote_code`, left-padded."""
+    import trl
+    from transformers import AutoProcessor
+
+    calls = []
+    original = AutoProcessor.from_pretrained.__func__
+
+    def record(klass, *args, **kwargs):
+        calls.append((args, kwargs))
+        return original(klass, *args, **kwargs)
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", classmethod(record))
+    config_cls = PCLGRPOConfig if cls is PCLGRPOTrainer else trl.GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / "out"), **cpu_args(
+        per_device_train_batch_size=4, num_generations=4, model_init_kwargs={"revision": "main"},
+    ))  # fmt: skip
+    trainer = cls(model_dir, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS))
+    assert calls == [
+        ((model_dir,), dict(revision="main", truncation_side="left", padding_side="left", trust_remote_code=False))
+    ]
+    assert trainer.processing_class.padding_side == "left"

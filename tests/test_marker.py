@@ -145,3 +145,20 @@ def test_new_marker_rows_start_from_eos():
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([tok.encode("1 + 1 = 2", add_special_tokens=False)])).logits
     torch.testing.assert_close(logits[..., tokens.marker_id], logits[..., tokens.eos_id])
+
+
+def test_new_marker_doubles_a_small_stop_probability():
+    """What the docs state for weight 0: a new marker (a stop copying EOS's row) turns the stop probability p(EOS)
+    into p(EOS) + p(marker) = 2p / (1 + p) before training, so rollouts differ from the parent's."""
+    import torch
+
+    tok = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    ids = torch.tensor([tok.encode("3 + 4 = 7", add_special_tokens=False)])
+    with torch.no_grad():
+        p = model(input_ids=ids).logits[0, -1].softmax(-1)[tok.eos_token_id].item()
+        tokens = prepare_model(model, tok, SegmentFormat())
+        q = model(input_ids=ids).logits[0, -1].softmax(-1)
+    assert p < 0.1
+    stop = (q[tokens.eos_id] + q[tokens.marker_id]).item()
+    assert stop == pytest.approx(2 * p / (1 + p), rel=1e-4) and stop > 1.8 * p

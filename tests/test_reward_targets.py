@@ -68,3 +68,12 @@ def test_declared_range_is_strict_unless_weight_zero():
         targets([[1.0, 1.0]], [1.0, 1.0], auto=False, fmt=fmt)
     _, out = targets([[1.0, 1.0], [math.inf, 0.0]], [1.0, 1.0], auto=False, strict=False, fmt=fmt)
     assert out == [1.0, None]
+
+
+def test_evaluation_maps_by_the_running_range_without_widening_it():
+    t, _ = targets([[-2.0], [3.0]], [1.0])  # training widens the range to [-2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either: nothing changes
+        out = t(torch.tensor([[0.5], [8.0], [-7.0]]), update=False)
+    assert t.ranges == [[-2.0, 3.0]]
+    assert out == pytest.approx([0.5, 1.0, 0.0])  # (0.5 + 2) / 5; beyond the range, clipped
