@@ -130,7 +130,15 @@ class TestMasks:
                 [a, m, s, colon, seven, eos, a, b, a, b],  # marker not at the start
             ]
         )
-        assert orphan_tail_mask(rows, tokens).nonzero().tolist() == [[0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [1, 0], [1, 1]]
+        assert orphan_tail_mask(rows, tokens).nonzero().tolist() == [
+            [0, 0],
+            [0, 1],
+            [0, 2],
+            [0, 3],
+            [0, 4],
+            [1, 0],
+            [1, 1],
+        ]
         # Padding-free: a document that starts with the marker, inside the row
         position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]])
         packed = torch.tensor([[a, b, eos, m, s, colon, seven, eos, a, b]])
