@@ -1,19 +1,28 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Rendering the self-assessment segment into every dataset format [`~trl.SFTTrainer`] accepts.
 
-The segment `MARKER [prefix] SCORE` goes where the assessed answer ends, and the row's own EOS (the one TRL appends,
-or the chat template's end of turn) closes it:
+The segment `MARKER [prefix] SCORE` goes where the assessed answer ends, and the token after it closes it: the EOS TRL
+appends to text rows, or, for conversations, the chat template's end-of-turn token. That token need not be an EOS id
+(ChatML on a base model: end of turn `<|im_end|>`, EOS `<|endoftext|>`): `PCLSFTTrainer` finds it at `__init__` (the
+first special token the template writes after an assistant message) and lets it close segments too.
 
 | format | where the segment goes |
 | --- | --- |
-| `prompt`/`completion` strings | end of the completion |
+| `prompt`/`completion` strings | end of the completion (before a closing token that already ends it) |
 | `prompt`/`completion` messages | end of the content of the completion's final assistant message |
-| `text` (`dataset_text_field`) and `formatting_func` output | end of the text |
+| `text` (`dataset_text_field`) and `formatting_func` output | end of the text, or before the EOS / end-of-turn token that already ends it when only whitespace follows (pre-templated chat text `...<|im_end|>\n`) |
 | `messages`, `conversations` (`from`/`value`), with `tools`/`chat_template_kwargs` | end of the content of the final assistant message |
-| pre-tokenized `input_ids` (with or without `labels`, `completion_mask`, `assistant_masks`) | right before the row's last EOS id |
+| pre-tokenized `input_ids` (with or without `labels`, `completion_mask`, `assistant_masks`) | right before the first EOS id after the answer's last trained token; the segment itself is always trained |
 
 Rows with a reward get `MARKER [prefix] SCORE`, rows without one (`None`, or no reward column) get `MARKER`, except
 pre-tokenized datasets without a reward column, which are left as they are (as SFTTrainer uses them).
+
+Refused with a reward (nowhere sound to put the segment): a conversation with no assistant message, ending in a tool
+call, or with messages after its final assistant answer; a pre-tokenized row with no EOS id after its last trained
+token (e.g. a multi-turn row truncated before its final EOS), already packed, or already holding the marker. An empty
+prompt or an empty answer is accepted in every format, as SFTTrainer accepts it: the segment then follows the prompt.
+The marker string is refused anywhere in a row, tool names and descriptions included. Rows of an `IterableDataset` are
+rendered lazily, so a bad reward there surfaces when its row is reached during training, not at `__init__`.
 """
 
 import math

@@ -80,8 +80,10 @@ class PCLSFTTrainer(SFTTrainer):
 
     Each row trains `answer MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
     `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The answer and the marker keep
-    weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get weight
-    `self_assessment_weight`. Rows without a reward train `answer MARKER` and put no loss after it. Every dataset
+    weight 1 (the model learns to end its answer with the marker instead of EOS); the prefix, the score and the
+    closing EOS get weight `self_assessment_weight`. Rows without a reward train `answer MARKER` and give the EOS after
+    the marker weight 0. For conversations the chat template's end-of-turn token closes the segment, also when it is
+    not an EOS id (found at `__init__` by rendering a probe conversation). Every dataset
     format SFTTrainer accepts works (prompt/completion, `text`, `formatting_func`, `messages`, `conversations`, tools,
     pre-tokenized `input_ids`); `pcl.sft_data` says where the segment goes in each.
 
@@ -90,8 +92,14 @@ class PCLSFTTrainer(SFTTrainer):
     `evaluate()` get it too) and `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`); a forward hook
     weights the per-token log-probs of TRL's fused LM head. The segment is found in `input_ids` at loss time, so
     truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
-    start (`position_ids == 0`) closes a segment, and a segment tail cut off from its marker by packing gets weight 0.
-    Everything else is inherited from [`~trl.SFTTrainer`].
+    start (`position_ids == 0`) closes a segment, and a segment cut off from its answer by packing (a chunk that starts
+    with the marker, or with a tail `[prefix] SCORE EOS`) gets weight 0. The hook acts only while this trainer's
+    `compute_loss` runs, so the model object can be reused by another trainer. Everything else is inherited from
+    [`~trl.SFTTrainer`].
+
+    With `self_assessment_weight=1` the loss is bit-for-bit SFTTrainer's on the rendered rows when every row has a
+    reward and packing does not split documents; otherwise the EOS after a reward-less row's marker, and segment tails
+    that packing cut off from their answer, get weight 0 where SFTTrainer gives them 1.
 
     `self_assessment_weight=0` leaves the rows unchanged (no segment; rows flagged `self_assessment_only` are dropped)
     and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer, and every loss
