@@ -190,6 +190,4 @@ def test_both_mode_refused_under_zero3(tmp_path):
     proc = subprocess.run(
         cmd, env=child_env(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
     )
-    assert (
-        proc.returncode != 0 and "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3" in proc.stdout
-    )
+    assert proc.returncode != 0 and "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3" in proc.stdout
