@@ -189,7 +189,9 @@ def orphan_tail_mask(
     segment (`SCORE EOS`, `prefix SCORE EOS` or a lone `EOS`) whose marker and answer went to the previous chunk. Such
     tokens carry no self-assessment signal (the answer they assess is not in their context), so PCL-SFT gives them
     weight 0 instead of training them as ordinary text. A document that genuinely starts with `level EOS` or `EOS`
-    cannot be told apart from such a tail and loses those (at most `len(prefix) + 2`) tokens.
+    cannot be told apart from such a tail and loses those (at most `len(prefix) + 2`) tokens. Likewise a chunk that
+    starts with the marker (its answer went to the previous chunk) gives its whole segment, up to and including the
+    closing EOS, weight 0; a row made of nothing but a segment (empty prompt and answer) is one such row.
     """
     tail = [*tokens.prefix_ids, None, None]  # prefix, a level, an EOS
     n = len(tail)
@@ -212,6 +214,13 @@ def orphan_tail_mask(
         # Spread each match over its `length` tokens
         for j in range(length):
             orphan[..., j:] |= match[..., : input_ids.size(-1) - j]
+    # A segment whose marker is the first token of its row or document: from the marker up to its closing EOS
+    positions = torch.arange(input_ids.size(-1), device=input_ids.device).expand_as(input_ids)
+    last_lead = torch.where(starts & (input_ids == tokens.marker_id), positions, -1).cummax(dim=-1).values
+    last_start = torch.where(starts, positions, -1).cummax(dim=-1).values
+    eos_before = torch.where(torch.isin(input_ids, eos), positions, -1).cummax(dim=-1).values
+    eos_before = torch.cat([torch.full_like(eos_before[..., :1], -1), eos_before[..., :-1]], dim=-1)
+    orphan |= (last_lead >= 0) & (last_lead == last_start) & (last_lead > eos_before)
     return orphan
 
 

@@ -1,19 +1,28 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Rendering the self-assessment segment into every dataset format [`~trl.SFTTrainer`] accepts.
 
-The segment `MARKER [prefix] SCORE` goes where the assessed answer ends, and the row's own EOS (the one TRL appends,
-or the chat template's end of turn) closes it:
+The segment `MARKER [prefix] SCORE` goes where the assessed answer ends, and the token after it closes it: the EOS TRL
+appends to text rows, or, for conversations, the chat template's end-of-turn token. That token need not be an EOS id
+(ChatML on a base model: end of turn `<|im_end|>`, EOS `<|endoftext|>`): `PCLSFTTrainer` finds it at `__init__` (the
+first special token the template writes after an assistant message) and lets it close segments too.
 
 | format | where the segment goes |
 | --- | --- |
-| `prompt`/`completion` strings | end of the completion |
+| `prompt`/`completion` strings | end of the completion (before a closing token that already ends it) |
 | `prompt`/`completion` messages | end of the content of the completion's final assistant message |
-| `text` (`dataset_text_field`) and `formatting_func` output | end of the text |
+| `text` (`dataset_text_field`) and `formatting_func` output | end of the text, or before the EOS / end-of-turn token that already ends it when only whitespace follows (pre-templated chat text `...<|im_end|>\n`) |
 | `messages`, `conversations` (`from`/`value`), with `tools`/`chat_template_kwargs` | end of the content of the final assistant message |
-| pre-tokenized `input_ids` (with or without `labels`, `completion_mask`, `assistant_masks`) | right before the row's last EOS id |
+| pre-tokenized `input_ids` (with or without `labels`, `completion_mask`, `assistant_masks`) | right before the first EOS id after the answer's last trained token; the segment itself is always trained |
 
 Rows with a reward get `MARKER [prefix] SCORE`, rows without one (`None`, or no reward column) get `MARKER`, except
 pre-tokenized datasets without a reward column, which are left as they are (as SFTTrainer uses them).
+
+Refused with a reward (nowhere sound to put the segment): a conversation with no assistant message, ending in a tool
+call, or with messages after its final assistant answer; a pre-tokenized row with no EOS id after its last trained
+token (e.g. a multi-turn row truncated before its final EOS), already packed, or already holding the marker. An empty
+prompt or an empty answer is accepted in every format, as SFTTrainer accepts it: the segment then follows the prompt.
+The marker string is refused anywhere in a row, tool names and descriptions included. Rows of an `IterableDataset` are
+rendered lazily, so a bad reward there surfaces when its row is reached during training, not at `__init__`.
 """
 
 import math
@@ -76,11 +85,45 @@ def _strings(value) -> list[str]:
     return []
 
 
-def _append_to_text(text: str, segment: str, eos_token: str | None) -> str:
-    # TRL appends EOS unless the text already ends with it: the segment goes before an EOS that is already there
-    if eos_token and text.endswith(eos_token):
-        return text[: -len(eos_token)] + segment + eos_token
+def _append_to_text(text: str, segment: str, closers: tuple[str, ...]) -> str:
+    # TRL appends EOS unless the text already ends with it. A text that already ends its answer with a closing token
+    # (the EOS, or the chat template's end of turn), possibly followed by whitespace (pre-templated chat text
+    # `...<|im_end|>\n`), gets the segment before that token, so that the token closes it
+    body = text.rstrip()
+    for closer in closers:
+        if closer and body.endswith(closer):
+            at = len(body) - len(closer)
+            return text[:at] + segment + text[at:]
     return text + segment
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant message (ChatML's `<|im_end|>`, Gemma's
+    `<end_of_turn>`, ...), or `None` (no chat template, or no special token after the answer).
+
+    Found by rendering a probe conversation `[user "a", assistant PROBE]` and reading the first special token after
+    PROBE. The segment written at the end of the final assistant message is closed by this token, which need not be
+    an EOS id (e.g. Qwen2.5 base: EOS `<|endoftext|>`, end of turn `<|im_end|>`).
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors hold their tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = "PCL-END-OF-TURN-PROBE"
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": probe}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that needs more (tools, images, ...) is not probed
+        return None
+    at = text.rfind(probe)
+    if at < 0:
+        return None
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special
+    }
+    for i in tokenizer.encode(text[at + len(probe) :], add_special_tokens=False):
+        if i in special:
+            return tokenizer.convert_ids_to_tokens(i)
+    return None
 
 
 def _final_assistant(messages: list) -> int | None:
@@ -114,9 +157,15 @@ class SegmentRenderer:
         reward_column: str = "reward",
         only_column: str = "self_assessment_only",
         text_field: str = "text",
+        end_of_turn: str | None = None,
     ):
-        self.fmt, self.tokens, self.eos_token = fmt, tokens, eos_token
+        self.fmt, self.tokens, self.eos_token, self.end_of_turn = fmt, tokens, eos_token, end_of_turn
         self.reward_column, self.only_column, self.text_field = reward_column, only_column, text_field
+
+    @property
+    def closers(self) -> tuple[str, ...]:
+        """Strings that close a segment in text: the EOS token and the chat template's end of turn."""
+        return tuple(t for t in (self.eos_token, self.end_of_turn) if t)
 
     def segment(self, reward, idx, name: str) -> str:
         _check_reward(reward, idx, name, self.reward_column)
@@ -166,7 +215,7 @@ class SegmentRenderer:
         text = row[self.text_field]
         check_no_marker(_strings(text), self.fmt.marker, idx, name)
         segment = self.segment(row.get(self.reward_column), idx, name)
-        return {self.text_field: _append_to_text(text, segment, self.eos_token)}
+        return {self.text_field: _append_to_text(text, segment, self.closers)}
 
     def _wrap_formatting_func(self, formatting_func: Callable, name: str) -> Callable:
         def formatting_func_with_segment(example):
@@ -174,7 +223,7 @@ class SegmentRenderer:
             where = f"{text[:40]!r}"  # TRL maps the formatting function without row indices
             check_no_marker(_strings(text), self.fmt.marker, where, name)
             segment = self.segment(example.get(self.reward_column), where, name)
-            return _append_to_text(text, segment, self.eos_token)
+            return _append_to_text(text, segment, self.closers)
 
         return formatting_func_with_segment
 
@@ -183,7 +232,8 @@ class SegmentRenderer:
         if "messages" not in row:
             row = maybe_convert_to_chatml({"conversations": row["conversations"]})
         messages = row["messages"]
-        check_no_marker(_strings(messages), self.fmt.marker, idx, name)
+        # Tool names and descriptions are rendered into the prompt by the chat template, so they are checked too
+        check_no_marker(_strings([messages, row.get("tools")]), self.fmt.marker, idx, name)
         segment = self.segment(reward, idx, name)
         final = _final_assistant(messages)
         if final is None or messages[final].get("tool_calls"):
@@ -195,13 +245,22 @@ class SegmentRenderer:
                 + ": the self-assessment follows the final assistant answer. End the conversation with the assistant's "
                 "answer, or set the reward to None."
             )
+        if final != len(messages) - 1 and reward is not None:
+            raise ValueError(
+                f"Row {idx} of the {name} dataset has a reward but its conversation ends with a "
+                f"{messages[-1].get('role')!r} message after the final assistant answer: the reward would be written "
+                "after that earlier answer, in the middle of the conversation. End the conversation with the "
+                "assessed assistant answer, or set the reward to None."
+            )
         messages = [*messages[:final], _append_to_message(messages[final], segment), *messages[final + 1 :]]
         return {"messages": messages}
 
     def _render_prompt_completion(self, row, idx, name):
         prompt, completion = row["prompt"], row["completion"]
-        row_texts(prompt, "prompt", idx, name)
-        row_texts(completion, "completion", idx, name)
+        for value, field in ((prompt, "prompt"), (completion, "completion")):
+            # SFTTrainer accepts empty strings; an empty completion is an empty answer, assessed right after the prompt
+            if not isinstance(value, str):
+                row_texts(value, field, idx, name)
         if isinstance(prompt, str) != isinstance(completion, str):
             raise ValueError(
                 f"Row {idx} of the {name} dataset mixes formats: the prompt is a "
@@ -222,26 +281,25 @@ class SegmentRenderer:
                 answer = answer[: -len(self.eos_token)]
             return {"prompt": prompt + answer, "completion": segment}
         if isinstance(completion, str):
-            return {"completion": _append_to_text(completion, segment, self.eos_token)}
+            return {"completion": _append_to_text(completion, segment, self.closers)}
         final = _final_assistant(completion)
         final = len(completion) - 1 if final is None else final
         completion = [*completion[:final], _append_to_message(completion[final], segment), *completion[final + 1 :]]
         return {"completion": completion}
 
     def _render_tokenized(self, row, idx, name):
-        # The row's last EOS id ends its answer (TRL appends EOS to text rows; chat templates end the final turn with
-        # it), so the segment goes right before it, with the labels and masks the EOS has
         ids, tokens = list(row["input_ids"]), self.tokens
         reward = row.get(self.reward_column)
         _check_reward(reward, idx, name, self.reward_column)
-        eos = [i for i, t in enumerate(ids) if t in tokens.eos_ids]
-        problem = None
+        at, problem = None, None
         if tokens.marker_id in ids:
             problem = "already contains the marker id"
-        elif not eos:
-            problem = "has no EOS id, so its answer end is unknown"
         elif "seq_lengths" in row or "position_ids" in row:
             problem = "is already packed (it has `seq_lengths` / `position_ids`)"
+        else:
+            at = self._answer_eos(row, ids)
+            if at is None:
+                problem = "has no EOS id after its last trained token, so its answer end is unknown"
         if problem is not None:
             if reward is None:  # trained as TRL trains it; a segment written in `input_ids` is still weighted
                 return {}
@@ -251,7 +309,6 @@ class SegmentRenderer:
                 "into `input_ids` yourself (`marker_id, *prefix_ids, level_id` before the final EOS, see "
                 "`pcl.marker.segment_tokens`) and drop the reward column."
             )
-        at = eos[-1]
         segment = [tokens.marker_id]
         if reward is not None:
             level = self.fmt.level_of(self.segment_value(reward, idx, name))
@@ -261,13 +318,33 @@ class SegmentRenderer:
             values = row.get(column)
             if values is None or len(values) != len(ids):
                 continue
-            values = list(values)
-            if column == "labels":
-                fill = segment if values[at] != -100 else [-100] * len(segment)
-            else:
-                fill = [values[at]] * len(segment)
-            out[column] = values[:at] + fill + values[at:]
+            # The segment is trained (and attended) whatever the closing EOS has: labels that mask the EOS would
+            # otherwise mask the marker and the score too, and the reward would be silently ignored
+            fill = segment if column == "labels" else [1] * len(segment)
+            out[column] = list(values[:at]) + fill + list(values[at:])
         return out
+
+    def _answer_eos(self, row, ids: list[int]) -> int | None:
+        """Position of the EOS id that ends the row's answer, or `None`.
+
+        The answer ends at its last trained token that is not an EOS id (trained: not masked by `labels`,
+        `completion_mask` or `assistant_masks`; every token when there are none), and its EOS is the first EOS id
+        after it. So trailing EOS padding, an untrained tail after the EOS (ChatML's `\n`) and a leading BOS that
+        is also the EOS id are handled; a row whose last trained text has no EOS after it (a multi-turn row truncated
+        before its final EOS) has no known answer end. A row whose trained tokens are all EOS ids has an empty answer:
+        the segment goes before its first trained EOS.
+        """
+        eos_ids, trained = set(self.tokens.eos_ids), [True] * len(ids)
+        for column in ("labels", "completion_mask", "assistant_masks"):
+            values = row.get(column)
+            if values is not None and len(values) == len(ids):
+                trained = [
+                    t and (v != -100 if column == "labels" else bool(v)) for t, v in zip(trained, values, strict=True)
+                ]
+        answer = [i for i, t in enumerate(ids) if trained[i] and t not in eos_ids]
+        if not answer:
+            return next((i for i, t in enumerate(trained) if t), None)
+        return next((i for i in range(answer[-1] + 1, len(ids)) if ids[i] in eos_ids), None)
 
     def segment_value(self, reward, idx, name) -> float:
         try:
@@ -296,6 +373,8 @@ def render_rows(
     name: str = "train",
     only_column: str = "self_assessment_only",
     eos_token: str | None = None,
+    end_of_turn: str | None = None,
 ) -> Dataset | IterableDataset:
     """The rows with their segment written in, for a plain [`~trl.SFTTrainer`] (any format but pre-tokenized rows)."""
-    return SegmentRenderer(fmt, None, eos_token, reward_column, only_column).render(dataset, None, name)[0]
+    renderer = SegmentRenderer(fmt, None, eos_token, reward_column, only_column, end_of_turn=end_of_turn)
+    return renderer.render(dataset, None, name)[0]

@@ -2,16 +2,25 @@
 
 import dataclasses
 import textwrap
+import weakref
+from types import SimpleNamespace
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 from trl import SFTTrainer
 
 from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
 from .segment import empty_segment_mask, orphan_tail_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
-from .sft_data import SegmentRenderer, drop_flagged_rows, has_flagged_rows, render_rows, reward_range_of
+from .sft_data import (
+    SegmentRenderer,
+    drop_flagged_rows,
+    end_of_turn_token,
+    has_flagged_rows,
+    render_rows,
+    reward_range_of,
+)
 
 
 __all__ = ["PAPER", "PCLSFTTrainer", "render_rows"]  # render_rows: rendered rows for a plain SFTTrainer (benchmarks)
@@ -33,14 +42,48 @@ PAPER = {
 }
 
 
+def _generation_config_source(model):
+    """Something with the model's `generation_config` (for its EOS ids), before SFTTrainer loads a model given by path.
+
+    Read offline from a local directory or the cache; `None` when it cannot be read (the tokenizer's EOS is used).
+    """
+    if not isinstance(model, str):
+        return model if isinstance(model, PreTrainedModel) else None
+    try:
+        config = GenerationConfig.from_pretrained(model, local_files_only=True)
+    except Exception:
+        try:  # no generation_config.json: transformers derives it from the model config when loading, so do we
+            config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model, local_files_only=True))
+        except Exception:
+            return None
+    return SimpleNamespace(generation_config=config)
+
+
+class _SegmentWeightHook:
+    """PCL-SFT's forward hook. It acts only while its trainer's `compute_loss` runs, and holds the trainer through a
+    weak reference: a model object reused by another trainer (a stock SFTTrainer) or deep-copied is not reweighted,
+    and a deep copy of the model does not copy the trainer."""
+
+    def __init__(self, trainer: "PCLSFTTrainer"):
+        self.trainer = weakref.ref(trainer)
+
+    def __call__(self, module, args, kwargs, output):
+        trainer = self.trainer()
+        if trainer is None or not trainer._pcl_in_loss:
+            return None
+        return trainer._reweight_log_probs(module, args, kwargs, output)
+
+
 class PCLSFTTrainer(SFTTrainer):
     """
     Dual-track SFT for [Post-Completion Learning](https://huggingface.co/papers/2507.20252).
 
     Each row trains `answer MARKER [prefix] SCORE EOS`, where SCORE is the row's reward (column
     `self_assessment_reward_column`) on the grid of `self_assessment_levels` levels. The answer and the marker keep
-    weight 1 (the model learns to end its answer with the marker instead of EOS); the score and its EOS get weight
-    `self_assessment_weight`. Rows without a reward train `answer MARKER` and put no loss after it. Every dataset
+    weight 1 (the model learns to end its answer with the marker instead of EOS); the prefix, the score and the
+    closing EOS get weight `self_assessment_weight`. Rows without a reward train `answer MARKER` and give the EOS after
+    the marker weight 0. For conversations the chat template's end-of-turn token closes the segment, also when it is
+    not an EOS id (found at `__init__` by rendering a probe conversation). Every dataset
     format SFTTrainer accepts works (prompt/completion, `text`, `formatting_func`, `messages`, `conversations`, tools,
     pre-tokenized `input_ids`); `pcl.sft_data` says where the segment goes in each.
 
@@ -49,8 +92,14 @@ class PCLSFTTrainer(SFTTrainer):
     `evaluate()` get it too) and `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`); a forward hook
     weights the per-token log-probs of TRL's fused LM head. The segment is found in `input_ids` at loss time, so
     truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
-    start (`position_ids == 0`) closes a segment, and a segment tail cut off from its marker by packing gets weight 0.
-    Everything else is inherited from [`~trl.SFTTrainer`].
+    start (`position_ids == 0`) closes a segment, and a segment cut off from its answer by packing (a chunk that starts
+    with the marker, or with a tail `[prefix] SCORE EOS`) gets weight 0. The hook acts only while this trainer's
+    `compute_loss` runs, so the model object can be reused by another trainer. Everything else is inherited from
+    [`~trl.SFTTrainer`].
+
+    With `self_assessment_weight=1` the loss is bit-for-bit SFTTrainer's on the rendered rows when every row has a
+    reward and packing does not split documents; otherwise the EOS after a reward-less row's marker, and segment tails
+    that packing cut off from their answer, get weight 0 where SFTTrainer gives them 1.
 
     `self_assessment_weight=0` leaves the rows unchanged (no segment; rows flagged `self_assessment_only` are dropped)
     and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer, and every loss
@@ -89,9 +138,15 @@ class PCLSFTTrainer(SFTTrainer):
         self.segment_format = args.segment_format
         self._pcl_active = args.self_assessment_weight > 0
         # The marker must be a token before SFTTrainer tokenises the datasets in its __init__
-        tokens = segment_tokens(
-            processing_class, self.segment_format, model if isinstance(model, PreTrainedModel) else None
-        )
+        tokens = segment_tokens(processing_class, self.segment_format, _generation_config_source(model))
+        # A chat template may end the assistant turn with a token that is no EOS id (ChatML's `<|im_end|>` for a base
+        # model whose EOS is `<|endoftext|>`): it closes the segment written at the end of an assistant message
+        end_of_turn = end_of_turn_token(processing_class)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        eot_id = None if end_of_turn is None else tokenizer.convert_tokens_to_ids(end_of_turn)
+        self._pcl_closing_ids = () if eot_id is None or eot_id == tokens.marker_id else (eot_id,)
+        tokens = self._with_closing_ids(tokens)
+        self._pcl_in_loss = False
         self._pcl_renderer = None
         # The auto reward range is read from the train rows when they are prepared (the first dataset TRL prepares)
         self._pcl_range_pending = getattr(
@@ -103,7 +158,7 @@ class PCLSFTTrainer(SFTTrainer):
             )
             self._pcl_renderer = SegmentRenderer(
                 self.segment_format, tokens, eos_token, args.self_assessment_reward_column,
-                args.self_assessment_only_column, args.dataset_text_field,
+                args.self_assessment_only_column, args.dataset_text_field, end_of_turn,
             )  # fmt: skip
         super().__init__(
             model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
@@ -112,9 +167,13 @@ class PCLSFTTrainer(SFTTrainer):
         if self._pcl_active:
             self._check_loss_path()
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.segment_tokens = prepare_model(base, processing_class, self.segment_format)
+        self.segment_tokens = self._with_closing_ids(prepare_model(base, processing_class, self.segment_format))
         self._pcl_stats = self._pcl_extra = None
-        attach_hook(base, self._reweight_log_probs, with_kwargs=True)
+        attach_hook(base, _SegmentWeightHook(self), with_kwargs=True)
+
+    def _with_closing_ids(self, tokens):
+        extra = tuple(i for i in self._pcl_closing_ids if i not in tokens.eos_ids)
+        return dataclasses.replace(tokens, eos_ids=(*tokens.eos_ids, *extra)) if extra else tokens
 
     @staticmethod
     def _eval_datasets(eval_dataset) -> list:
@@ -203,10 +262,10 @@ class PCLSFTTrainer(SFTTrainer):
         empty = empty_segment_mask(input_ids, tokens.marker_id, tokens.eos_ids)[:, 1:] & in_segment
         orphan = orphan_tail_mask(input_ids, tokens, position_ids)[:, 1:]
         label_mask = output.label_mask.bool()
-        scored = in_segment & ~empty & label_mask
+        scored = in_segment & ~empty & ~orphan & label_mask
         weight = torch.ones_like(output.log_probs)
         weight = weight.masked_fill(scored, self.args.self_assessment_weight).masked_fill(empty | orphan, 0.0)
-        is_score = score_mask(input_ids, tokens, full_segment)[:, 1:] & label_mask
+        is_score = score_mask(input_ids, tokens, full_segment)[:, 1:] & label_mask & ~orphan
         nll = -output.log_probs
         if self.args.loss_type == "dft":
             # TRL's DFT scales each token's NLL by its own detached probability, computed from the log-probs it gets:
@@ -232,9 +291,13 @@ class PCLSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._pcl_stats = self._pcl_extra = None
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        self._pcl_in_loss = True  # the hook weights only the forward passes of this trainer's loss
+        try:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        finally:
+            self._pcl_in_loss = False
         if self._pcl_stats is None:
             return result
         if self._pcl_extra is not None:

@@ -73,7 +73,6 @@ class TestSFTRows:
                 {"prompt": "1 =", "completion": 5, "reward": 1.0},
                 "completion must be a non-empty string or a list of chat messages",
             ),
-            ({"prompt": "", "completion": " 1", "reward": 1.0}, "Row 0 of the train dataset has an empty prompt"),
             ({"prompt": "1 =", "completion": " 1", "reward": -math.inf}, "Reward -inf is infinite"),
             ({"prompt": "1 =", "completion": " 1", "reward": "high"}, "Row 0 of the train dataset: .*'high'"),
             (

@@ -117,6 +117,33 @@ class TestMasks:
         assert orphan_tail_mask(packed, tokens, position_ids).nonzero()[:, 1].tolist() == [4, 5]
         assert not orphan_tail_mask(packed, tokens).any()
 
+    def test_orphan_leading_marker(self):
+        """A chunk that starts with the marker (its answer is in the previous chunk) has an orphan segment."""
+        tok = build_char_tokenizer()
+        tokens = segment_tokens(tok, SegmentFormat(prefix="s:"))
+        s, colon, seven, eos = *tok.convert_tokens_to_ids(["s", ":", "7"]), tok.eos_token_id
+        a, b, m = *tok.convert_tokens_to_ids(["a", "b"]), tokens.marker_id
+        rows = torch.tensor(
+            [
+                [m, s, colon, seven, eos, a, b, m, s, colon],  # leading segment; a later one is not an orphan
+                [m, eos, a, b, a, b, a, b, a, b],  # leading reward-less marker
+                [a, m, s, colon, seven, eos, a, b, a, b],  # marker not at the start
+            ]
+        )
+        assert orphan_tail_mask(rows, tokens).nonzero().tolist() == [
+            [0, 0],
+            [0, 1],
+            [0, 2],
+            [0, 3],
+            [0, 4],
+            [1, 0],
+            [1, 1],
+        ]
+        # Padding-free: a document that starts with the marker, inside the row
+        position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]])
+        packed = torch.tensor([[a, b, eos, m, s, colon, seven, eos, a, b]])
+        assert orphan_tail_mask(packed, tokens, position_ids).nonzero()[:, 1].tolist() == [3, 4, 5, 6, 7]
+
     def test_score_mask(self):
         tok = build_char_tokenizer()
         tokens = segment_tokens(tok, SegmentFormat(prefix="s:"))

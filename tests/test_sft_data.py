@@ -2,8 +2,7 @@
 """Every dataset format SFTTrainer accepts, with the segment written in (pcl.sft_data), checked against stock TRL.
 
 For each format the test pins where the segment goes (decoded rows), then checks the loss against a stock
-`SFTTrainer` run on the same model: the stock trainer prepares the same rows with the segment written in by hand (or
-by `render_rows`), and gives the unweighted per-token log-probs; the expected PCL loss weighs them 1 outside the
+`SFTTrainer` run on the same model: the stock trainer prepares the same rows with the segment written in by hand, and gives the unweighted per-token log-probs; the expected PCL loss weighs them 1 outside the
 segment, `weight` on the segment and 0 on the EOS of a reward-less marker, with the segment found by a plain loop here.
 """
 
@@ -17,8 +16,9 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from pcl import PCLSFTConfig, PCLSFTTrainer
-from pcl.segment import DEFAULT_MARKER, SegmentFormat
+from pcl.segment import DEFAULT_MARKER, SegmentFormat, segment_mask
 from pcl.sft_data import render_rows
+from pcl.tiny import build_tiny_model
 
 
 M = DEFAULT_MARKER
@@ -43,13 +43,21 @@ def token_weights(ids: list[int], marker_id: int, eos_id: int, weight: float, st
     """Weight of predicting each token: a plain loop over one row (the independent reference for the masks).
 
     `starts` are document starts (padding-free); with `orphans` (the level ids, no prefix), a row or document that
-    starts with `EOS` or `level EOS` (a segment tail cut off by packing) gets weight 0 there.
+    starts with `EOS` or `level EOS` (a segment tail cut off by packing) gets weight 0 there, and one that starts with
+    the marker (its answer is in the previous chunk) gets weight 0 up to and including the segment's EOS.
     """
-    weights, in_segment = [1.0] * len(ids), False
+    weights, in_segment, lead = [1.0] * len(ids), False, False
     for t, tok in enumerate(ids):
         if t in starts:
-            in_segment = False
+            in_segment = lead = False
+        if lead:
+            weights[t] = 0.0
+            lead = tok != eos_id
+            continue
         if orphans and (t == 0 or t in starts):
+            if tok == marker_id:
+                weights[t], lead = 0.0, True
+                continue
             if tok == eos_id:
                 weights[t] = 0.0
             elif tok in orphans and t + 1 < len(ids) and ids[t + 1] == eos_id:
@@ -85,13 +93,15 @@ def collate(trainer, n=None):
     return trainer.data_collator([ds[i] for i in range(len(ds) if n is None else n)])
 
 
-def check_against_stock(pcl, stock, weight):
-    """Same prepared rows as stock TRL, and PCL's loss equals the stock log-probs weighted by segment membership."""
+def check_against_stock(pcl, stock, weight, eos_id=None):
+    """Same prepared rows as stock TRL, and PCL's loss equals the stock log-probs weighted by segment membership
+    (`eos_id`: the id that closes the segments, the tokenizer's EOS by default)."""
     assert pcl.train_dataset["input_ids"] == stock.train_dataset["input_ids"]
     assert pcl.train_dataset["labels"] == stock.train_dataset["labels"]
     batch = collate(pcl)
     tokens = pcl.segment_tokens
-    expected = expected_loss(stock, batch, tokens.marker_id, tokens.eos_id, weight)
+    eos_id = tokens.eos_id if eos_id is None else eos_id
+    expected = expected_loss(stock, batch, tokens.marker_id, eos_id, weight)
     torch.testing.assert_close(pcl_loss(pcl, batch).detach(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -113,8 +123,8 @@ class TestFormats:
             f"2 + 1 = 3{M}<eos>",
             f"3 + 1 = 4{M}4<eos>",
         ]
-        rendered = render_rows(Dataset.from_list(rows), pcl.segment_format, eos_token="<eos>")
-        stock = stock_trainer(copy.deepcopy(tiny_model), tokenizer, rendered, tmp_path)
+        by_hand = [{"text": t} for t in (f"0 + 1 = 1{M}9", f"1 + 1 = 2{M}0<eos>", f"2 + 1 = 3{M}", f"3 + 1 = 4{M}4")]
+        stock = stock_trainer(copy.deepcopy(tiny_model), tokenizer, Dataset.from_list(by_hand), tmp_path)
         check_against_stock(pcl, stock, 0.3)
 
     def test_text_field_and_no_reward_column(self, tiny_model, tokenizer, tmp_path):
@@ -198,9 +208,17 @@ class TestFormats:
             for a, r in zip(range(4), REWARDS, strict=True)
         ]  # fmt: skip
         pcl = pcl_trainer(copy.deepcopy(tiny_model), tokenizer, rows, tmp_path, self_assessment_weight=0.3)
-        assert texts(pcl, tokenizer)[0] == f"0 + 1 = 1{M}9<eos>"
-        rendered = render_rows(Dataset.from_list(rows), pcl.segment_format)
-        stock = stock_trainer(copy.deepcopy(tiny_model), tokenizer, rendered, tmp_path)
+        assert texts(pcl, tokenizer) == [
+            f"0 + 1 = 1{M}9<eos>",
+            f"1 + 1 = 2{M}0<eos>",
+            f"2 + 1 = 3{M}<eos>",
+            f"3 + 1 = 4{M}4<eos>",
+        ]
+        by_hand = [
+            {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": f" {a + 1}{M}{level}"}]}
+            for a, (row, level) in enumerate(zip(rows, ["9", "0", "", "4"], strict=True))
+        ]
+        stock = stock_trainer(copy.deepcopy(tiny_model), tokenizer, Dataset.from_list(by_hand), tmp_path)
         check_against_stock(pcl, stock, 0.3)
 
     def test_formatting_func(self, tiny_model, tokenizer, tmp_path):
@@ -292,6 +310,42 @@ class TestPreTokenized:
         stock = stock_trainer(copy.deepcopy(tiny_model), tokenizer, Dataset.from_list(rows), tmp_path)
         check_against_stock(pcl, stock, 0.3)
 
+    def test_labels_masking_the_eos_still_train_the_segment(self, tiny_model, tokenizer, tmp_path):
+        rows = self.rows(tokenizer, labels=True)
+        for row in rows:
+            row["labels"][-1] = -100  # the EOS is not trained
+        pcl = pcl_trainer(tiny_model, tokenizer, rows, tmp_path)
+        trained = [tokenizer.decode([t for t in row if t != -100]) for row in pcl.train_dataset["labels"]]
+        assert trained == [f" 1{M}9", f" 2{M}0", f" 3{M}", f" 4{M}4"]
+
+    def test_answer_eos_not_padding_or_untrained_tail(self, tiny_model, tokenizer, tmp_path):
+        eos, space = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(" ")
+        ids = tokenizer.encode("1 + 1 = 2", add_special_tokens=False)
+        rows = [
+            {"input_ids": ids + [eos] * 3, "reward": 1.0},  # padded with EOS
+            {"input_ids": [eos, *ids, eos], "reward": 1.0},  # BOS == EOS
+            # an untrained tail after the answer's EOS (ChatML's `<|im_end|>\n`)
+            {"input_ids": ids + [eos, space], "assistant_masks": [1] * (len(ids) + 1) + [0], "reward": 1.0},
+        ]
+        for row in rows:
+            pcl = pcl_trainer(tiny_model, tokenizer, [row], tmp_path)
+            assert texts(pcl, tokenizer)[0].replace("<eos>", "E") == tokenizer.decode(row["input_ids"]).replace(
+                "<eos>", "E"
+            ).replace("2E", f"2{M}9E")
+
+    @pytest.mark.parametrize(
+        "ids",
+        [
+            "1 + 1 = 2<eos>2 + 1 = 3",  # the final turn truncated before its EOS
+            "<eos>1 + 1 = 2",  # BOS == EOS, no final EOS
+            "1 + 1 = 2<eos> ",  # a trained token after the EOS
+        ],
+    )
+    def test_no_eos_after_the_answer_refused(self, tiny_model, tokenizer, tmp_path, ids):
+        ids = tokenizer.encode(ids, add_special_tokens=False)
+        with pytest.raises(ValueError, match="no EOS id after its last trained token"):
+            pcl_trainer(tiny_model, tokenizer, [{"input_ids": ids, "reward": 1.0}], tmp_path)
+
 
 class TestEvaluation:
     def test_eval_datasets_in_any_format(self, tiny_model, tokenizer, tmp_path):
@@ -300,13 +354,22 @@ class TestEvaluation:
                   "reward": 0.0}] * 2  # fmt: skip
         pcl = pcl_trainer(tiny_model, tokenizer, train, tmp_path, eval_rows=evals, per_device_eval_batch_size=2)
         assert tokenizer.decode(pcl.eval_dataset[0]["input_ids"]) == f"1 + 1 = 2{M}0<eos>"
+        # The eval loss is the PCL loss of the rendered eval rows (weight 1 here), the segment's NLL that of its tokens
+        batch = pcl.data_collator([pcl.eval_dataset[i] for i in range(2)])
+        pcl.model.eval()
+        expected = pcl_loss(pcl, batch).item()
+        nll = pcl._metrics["eval"]["self_assessment/nll"][-1]
+        pcl._metrics["eval"].clear()
         metrics = pcl.evaluate()
-        assert "eval_self_assessment/nll" in metrics and "eval_self_assessment/loss" in metrics
+        assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+        assert metrics["eval_self_assessment/nll"] == pytest.approx(nll, rel=1e-5)
         # A dataset passed to evaluate() later is rendered too (pre-tokenized here)
         ids = tokenizer.encode("3 + 4 = 7", add_special_tokens=False) + [tokenizer.eos_token_id]
         later = Dataset.from_list([{"input_ids": ids, "reward": 1.0}] * 2)
+        prepared = pcl._prepare_dataset(later, tokenizer, pcl.args, False, None, "eval")
+        assert tokenizer.decode(prepared[0]["input_ids"]) == f"3 + 4 = 7{M}9<eos>"
         metrics = pcl.evaluate(later)
-        assert "eval_self_assessment/nll" in metrics  # only logged when segment tokens were scored
+        assert metrics["eval_self_assessment/accuracy"] in (0.0, 1.0)  # one score token per row, same in both
 
 
 def test_render_rows_for_a_plain_trainer():
@@ -348,3 +411,107 @@ def test_skip_prepare_dataset_with_a_reward_column_refused(tiny_model, tokenizer
     rows = [{"input_ids": ids, "labels": ids, "reward": 1.0}] * 2
     with pytest.raises(ValueError, match="where PCL-SFT writes the segment"):
         pcl_trainer(tiny_model, tokenizer, rows, tmp_path, dataset_kwargs={"skip_prepare_dataset": True})
+
+
+def chatml_tokenizer(tokenizer):
+    """A tokenizer whose chat template ends each turn with `<|im_end|>`, which is not an EOS id (Qwen2.5 base)."""
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]}, replace_extra_special_tokens=False)
+    tok.chat_template = (
+        "{% for message in messages %}{{ message['role'] }}:{% if message['role'] == 'assistant' %}{% generation %}"
+        "{{ message['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ message['content'] }}<|im_end|>{% endif %}"
+        "{% endfor %}"
+    )
+    return tok
+
+
+class TestEndOfTurnNotEos:
+    """The chat template's end of turn closes the segment even when it is not an EOS id."""
+
+    def rows(self, n=4, rewards=REWARDS):
+        return [
+            {"messages": [{"role": "user", "content": f"{a} + 1 ="}, {"role": "assistant", "content": f" {a + 1}"}],
+             "reward": r}
+            for a, r in zip(range(n), rewards, strict=True)
+        ]  # fmt: skip
+
+    def test_messages(self, tokenizer, tmp_path):
+        tok = chatml_tokenizer(tokenizer)
+        model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        rows = self.rows()
+        pcl = pcl_trainer(copy.deepcopy(model), tok, rows, tmp_path, self_assessment_weight=0.5)
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        assert im_end in pcl.segment_tokens.eos_ids
+        assert texts(pcl, tok) == [
+            f"user:{a} + 1 =<|im_end|>assistant: {a + 1}{M}{level}<|im_end|>"
+            for a, level in zip(range(4), ["9", "0", "", "4"], strict=True)
+        ]
+        by_hand = copy.deepcopy(rows)
+        for row, level in zip(by_hand, ["9", "0", "", "4"], strict=True):
+            row["messages"][-1]["content"] += M + level
+            del row["reward"]
+        stock = stock_trainer(copy.deepcopy(model), tok, Dataset.from_list(by_hand), tmp_path)
+        check_against_stock(pcl, stock, 0.5, eos_id=im_end)
+        assert pcl._metrics["train"]["self_assessment/accuracy"]  # the score is found before `<|im_end|>`
+
+    def test_wrapped_packing_weights_only_the_segments(self, tokenizer, tmp_path):
+        tok = chatml_tokenizer(tokenizer)
+        model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        rows = self.rows(6, [1.0] * 6)
+        config = {"packing": True, "packing_strategy": "wrapped", "max_length": 64, "shuffle_dataset": False}
+        pcl = pcl_trainer(model, tok, rows, tmp_path, self_assessment_weight=0.5, **config)
+        ids = torch.tensor([pcl.train_dataset[0]["input_ids"]])
+        tokens = pcl.segment_tokens
+        weighted = ids[segment_mask(ids, tokens.marker_id, tokens.eos_ids)]
+        assert tok.decode(weighted) == "9<|im_end|>" * tok.decode(ids[0]).count(M)
+
+    def test_pre_templated_text(self, tokenizer, tmp_path):
+        """Text that already ends its answer with a closing token, then whitespace: the segment goes before it."""
+        tok = chatml_tokenizer(tokenizer)
+        model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        rows = [
+            {"text": "user:1 + 1 =<|im_end|>assistant: 2<|im_end|> ", "reward": 1.0},
+            {"text": "1 + 1 = 2<eos> ", "reward": 0.0},
+        ]
+        pcl = pcl_trainer(model, tok, rows, tmp_path)
+        assert texts(pcl, tok) == [
+            f"user:1 + 1 =<|im_end|>assistant: 2{M}9<|im_end|> <eos>",
+            f"1 + 1 = 2{M}0<eos> <eos>",
+        ]
+
+
+class TestEmptyAnswers:
+    """Empty prompts are accepted like SFTTrainer accepts them; an empty answer is accepted in every format, and its
+    assessment goes right after the prompt."""
+
+    def test_every_format(self, tiny_model, tokenizer, tmp_path):
+        eos = tokenizer.eos_token_id
+        prompt = tokenizer.encode("1 + 1 =", add_special_tokens=False)
+        cases = [
+            ({"prompt": "", "completion": "1 + 1 = 2"}, f"1 + 1 = 2{M}9<eos>"),
+            ({"prompt": "1 + 1 =", "completion": ""}, f"1 + 1 ={M}9<eos>"),
+            ({"messages": [{"role": "user", "content": "1 + 1 ="}, {"role": "assistant", "content": ""}]},
+             f"1 + 1 ={M}9<eos>"),
+            ({"text": ""}, f"{M}9<eos>"),
+            ({"input_ids": prompt + [eos], "completion_mask": [0] * len(prompt) + [1]}, f"1 + 1 ={M}9<eos>"),
+        ]  # fmt: skip
+        for row, expected in cases:
+            pcl = pcl_trainer(tiny_model, tokenizer, [{**row, "reward": 1.0}], tmp_path, completion_only_loss=None)
+            assert texts(pcl, tokenizer) == [expected]
+
+
+class TestGuardRails:
+    def test_marker_in_a_tool_description_refused(self, tiny_model, tokenizer, tmp_path):
+        tool = {"type": "function", "function": {"name": "f", "description": f"writes {M}", "parameters": {}}}
+        rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                 "tools": json.dumps([tool]), "reward": 1.0}]  # fmt: skip
+        with pytest.raises(ValueError, match="already contains the marker"):
+            pcl_trainer(tiny_model, tokenizer, rows, tmp_path)
+
+    def test_conversation_ending_with_a_user_turn(self, tiny_model, tokenizer, tmp_path):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "thanks"}]  # fmt: skip
+        with pytest.raises(ValueError, match="ends with a 'user' message after the final assistant answer"):
+            pcl_trainer(tiny_model, tokenizer, [{"messages": messages, "reward": 1.0}], tmp_path)
+        pcl = pcl_trainer(tiny_model, tokenizer, [{"messages": messages, "reward": None}], tmp_path)
+        assert texts(pcl, tokenizer) == [f"qa{M}<eos>thanks"]

@@ -1,5 +1,6 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 import copy
+import gc
 import math
 import types
 
@@ -16,6 +17,7 @@ from pcl import PCLSFTConfig, PCLSFTTrainer, load_pcl_model
 from pcl.marker import CONFIG_KEY
 from pcl.segment import DEFAULT_MARKER, SegmentFormat
 from pcl.sft_data import render_rows
+from pcl.tiny import build_tiny_model
 
 
 M = DEFAULT_MARKER
@@ -342,7 +344,6 @@ class TestGuardRails:
             ({"prompt": "1 =", "completion": f" 1{M}", "reward": 1.0}, "already contains the marker"),
             ({"prompt": "1 =", "completion": " 1", "reward": math.nan}, "NaN reward"),
             ({"prompt": "1 =", "completion": " 1", "reward": math.inf}, "infinite"),
-            ({"prompt": "1 =", "completion": "", "reward": 1.0}, "empty completion"),
             ({"text": f"1 = 1{M}", "reward": 1.0}, "already contains the marker"),
             ({"messages": [{"role": "user", "content": "1 ="}], "reward": 1.0}, "no assistant message"),
         ],
@@ -359,6 +360,20 @@ class TestGuardRails:
             assert error.value.args == ("text",)
 
 
+def test_model_given_by_path_reads_its_generation_config(tokenizer, tmp_path):
+    """The EOS ids of the model's generation config place the segment in pre-tokenized rows, path or object alike."""
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<eot>"]}, replace_extra_special_tokens=False)
+    eot = tok.convert_tokens_to_ids("<eot>")
+    model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    model.generation_config.eos_token_id = [tok.eos_token_id, eot]
+    model.save_pretrained(tmp_path / "m")
+    rows = [{"input_ids": tok.encode("1 + 1 = 2", add_special_tokens=False) + [eot], "reward": 1.0}]
+    for source in (model, str(tmp_path / "m")):
+        trainer = make_trainer(source, tok, rows, tmp_path)
+        assert tok.decode(trainer.train_dataset[0]["input_ids"]) == f"1 + 1 = 2{M}9<eot>"
+
+
 def test_reusing_a_model_does_not_stack_hooks(tiny_model, tokenizer, tmp_path):
     """A model passed to a second trainer is weighted once: same loss as a fresh copy of it."""
     rows = addition_rows(16)
@@ -368,6 +383,27 @@ def test_reusing_a_model_does_not_stack_hooks(tiny_model, tokenizer, tmp_path):
     new = make_trainer(fresh, tokenizer, rows, tmp_path, self_assessment_weight=0.3)
     batch = collate(new, 8)
     torch.testing.assert_close(loss_and_grads(reused, batch)[0], loss_and_grads(new, batch)[0])
+
+
+def test_hook_acts_only_inside_the_pcl_loss(tiny_model, tokenizer, tmp_path):
+    """A model reused from PCL-SFT by a stock SFTTrainer, or deep-copied, trains like a fresh one; a deep copy of the
+    model does not copy the trainer."""
+    rows = addition_rows(8)
+    fresh = copy.deepcopy(tiny_model)
+    pcl = make_trainer(tiny_model, tokenizer, rows, tmp_path, self_assessment_weight=0.3)
+    rendered = Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": r["completion"] + M + str(round(r["reward"] * 9))} for r in rows]
+    )
+    stock_fresh = stock_trainer(fresh, tokenizer, rendered, tmp_path)
+    batch = collate(stock_fresh)
+    expected = pcl_loss(stock_fresh, batch).item()
+    assert pcl_loss(stock_trainer(tiny_model, tokenizer, rendered, tmp_path), batch).item() == expected
+    n_trainers = sum(isinstance(o, PCLSFTTrainer) for o in gc.get_objects())
+    copied = copy.deepcopy(tiny_model)
+    assert sum(isinstance(o, PCLSFTTrainer) for o in gc.get_objects()) == n_trainers
+    assert pcl_loss(stock_trainer(copied, tokenizer, rendered, tmp_path), batch).item() == expected
+    # ... while the PCL trainer still weights its own loss
+    assert pcl_loss(pcl, batch).item() != pytest.approx(expected)
 
 
 @pytest.mark.slow
