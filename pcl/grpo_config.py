@@ -56,6 +56,14 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
 
     def _validate_pcl(self) -> None:
         self._validate_self_assessment()
+        # SFTTrainer keeps its fused LM head under Liger (it turns Liger's fused cross-entropy off itself);
+        # GRPOTrainer's Liger loss skips `_compute_loss`, where PCL adds the segment term
+        if self.use_liger_kernel:
+            raise ValueError(
+                "`use_liger_kernel=True` is not supported by PCL-GRPO: Liger's fused GRPO loss bypasses the loss that "
+                "PCL adds its self-assessment term to. Set `use_liger_kernel=False` (or use Hub kernels with "
+                '`model_init_kwargs={"use_kernels": True}`).'
+            )
         if self.self_assessment_mode not in ("teacher_forced", "generated", "both"):
             raise ValueError(
                 "`self_assessment_mode` must be 'teacher_forced', 'generated' or 'both', got "

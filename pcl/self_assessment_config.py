@@ -80,12 +80,6 @@ class SelfAssessmentArguments:
         self.segment_format  # noqa: B018 -- builds and validates the format
         if not self.self_assessment_weight >= 0.0:
             raise ValueError(f"`self_assessment_weight` must be >= 0, got {self.self_assessment_weight}.")
-        if getattr(self, "use_liger_kernel", False):
-            raise ValueError(
-                "`use_liger_kernel=True` is not supported by PCL: Liger's kernels replace the model forward that PCL "
-                "reads its self-assessment loss from. Set `use_liger_kernel=False` (or use Hub kernels with "
-                '`model_init_kwargs={"use_kernels": True}`).'
-            )
 
     @property
     def self_assessment_auto_range(self) -> bool:

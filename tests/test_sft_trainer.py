@@ -57,12 +57,18 @@ class TestPCLSFTConfig:
             (dict(self_assessment_levels=1), "at least two levels"),
             (dict(self_assessment_weight=-1.0), ">= 0"),
             (dict(self_assessment_reward_range=[0.0]), r"\[lo, hi\]"),
-            (dict(use_liger_kernel=True), "use_liger_kernel=True` is not supported"),
         ],
     )
     def test_invalid(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             PCLSFTConfig(output_dir="x", bf16=False, **kwargs)
+
+    @pytest.mark.parametrize("weight", [0.0, 0.5])
+    def test_liger_accepted_like_sft_config(self, weight):
+        # SFTTrainer turns Liger's fused cross-entropy off and keeps the fused LM head PCL reads, so PCL-SFT accepts
+        # what SFTConfig accepts
+        args = PCLSFTConfig(output_dir="x", bf16=False, use_liger_kernel=True, self_assessment_weight=weight)
+        assert args.use_liger_kernel
 
 
 class TestWeights:
