@@ -28,7 +28,8 @@ def test_parse_verbalized_confidence(text, answer, q):
 
 @pytest.mark.slow
 def test_run_calibration_on_trained_model(tmp_path, tokenizer):
-    """A model whose self-score is trained on a learnable rule beats chance, and the report matches the metrics."""
+    """End to end on a really trained model (metric values are pinned by the stub-model tests below): deploy mode stops
+    at the marker and writes nothing after it, and every single-pass source is reported on the full and unseen sets."""
     from datasets import Dataset
 
     from pcl import PCLSFTConfig, PCLSFTTrainer
@@ -50,11 +51,12 @@ def test_run_calibration_on_trained_model(tmp_path, tokenizer):
     metrics = run_calibration(str(tmp_path / "model"), evaluation, str(tmp_path / "cal"),
                               train_prompts=train["prompt"], max_new_tokens=4, n_boot=50, quiet=True)  # fmt: skip
     # 1-digit pairs are only 200 distinct problems: most evaluation items were seen in training
-    assert metrics["n_seen_in_training"] > 0 and metrics["n_unseen"] == metrics["n"] - metrics["n_seen_in_training"]
+    assert metrics["n_seen_in_training"] > 0
     assert metrics["deploy"]["share"] == 0.0 and metrics["stop_reasons"].get("marker", 0) > 0
-    full = metrics["sources"]["full"]
-    for source in ("pcl_expected", "pcl_written", "mean_token_prob", "sequence_prob", "min_token_prob"):
-        assert 0.0 <= full[source]["ece_10"] <= 1.0 and 0.0 <= full[source]["brier"] <= 1.0
+    for subset in ("full", "unseen"):
+        assert {"pcl_expected", "pcl_written", "sequence_prob", "sequence_prob_no_stop", "min_token_prob"} <= set(
+            metrics["sources"][subset]
+        )
     # The in-band confidence path, run on a model that never writes <confidence>: unparsed, counted, still reported
     verbal = run_calibration(str(tmp_path / "model"), evaluation, str(tmp_path / "cal_verbal"),
                              max_new_tokens=4, n_boot=0, quiet=True, confidence_model=str(tmp_path / "model"))  # fmt: skip

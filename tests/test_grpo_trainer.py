@@ -364,6 +364,7 @@ def test_auto_targets_computed_from_the_reward_functions(model_dir, tokenizer, t
     )  # fmt: skip
     trainer.model.train()
     _, pcl = rollout(trainer, end_at_eos=False)
+    assert (pcl["self_assessment_target"] >= 0).any()  # the level check below runs on at least one row
     texts = tokenizer.batch_decode(trainer._pcl_completion_ids, skip_special_tokens=True)
     score = torch.cat(scores)
     assert (score < 0).any() and (score > 1).any()  # the reward model's scores leave [0, 1] on both sides
