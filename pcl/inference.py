@@ -24,7 +24,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from .marker import format_of, readout_temperature, segment_tokens
+from .marker import format_of, id_list, readout_temperature, segment_tokens
 from .segment import SegmentTokens
 
 
@@ -178,10 +178,6 @@ def eval_mode(model: PreTrainedModel):
         model.train(was_training)
 
 
-def _as_list(ids) -> list[int]:
-    return [ids] if isinstance(ids, int) else list(ids or [])
-
-
 # ---- deploy mode ---------------------------------------------------------------------------------------------------
 
 
@@ -226,7 +222,7 @@ def generate(
             )
     tokens = segment_tokens_of(model, tokenizer, tokens)
     pad_id = pad_id_of(tokenizer, tokens)
-    saved_eos = _as_list(model.generation_config.eos_token_id)
+    saved_eos = id_list(model.generation_config.eos_token_id)
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": pad_id}
     if do_sample:
         kwargs["temperature"] = temperature

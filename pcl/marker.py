@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     ProcessorMixin,
@@ -96,12 +97,21 @@ def add_marker_token(tokenizer: PreTrainedTokenizerBase, marker: str) -> int:
     return ids[0]
 
 
-def eos_ids_of(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, marker_id: int) -> list[int]:
-    """Every id that ends a sequence (tokenizer EOS and the model's EOS ids), excluding the marker."""
+def id_list(ids: int | list[int] | None) -> list[int]:
+    """A generation config's `eos_token_id` (an int, a list or None) as a list."""
+    return [ids] if isinstance(ids, int) else list(ids or [])
+
+
+def eos_ids_of(
+    model: PreTrainedModel | GenerationConfig | None, tokenizer: PreTrainedTokenizerBase, marker_id: int
+) -> list[int]:
+    """Every id that ends a sequence (tokenizer EOS and the model's EOS ids), excluding the marker.
+
+    `model` may also be a bare `GenerationConfig` (a model given by path, before it is loaded).
+    """
     ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     if model is not None:
-        gen_eos = model.generation_config.eos_token_id
-        ids += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        ids += id_list(getattr(model, "generation_config", model).eos_token_id)
     ids = [i for i in dict.fromkeys(ids) if i != marker_id]
     if not ids:
         raise ValueError("The tokenizer has no `eos_token`: PCL needs an EOS token to close the self-assessment.")
@@ -109,7 +119,7 @@ def eos_ids_of(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase
 
 
 def segment_tokens(
-    tokenizer: PreTrainedTokenizerBase, fmt: SegmentFormat, model: PreTrainedModel | None = None
+    tokenizer: PreTrainedTokenizerBase, fmt: SegmentFormat, model: PreTrainedModel | GenerationConfig | None = None
 ) -> SegmentTokens:
     """Resolve a [`SegmentFormat`] to token ids, checking that it tokenises the same alone and in context."""
     marker_id = add_marker_token(tokenizer, fmt.marker)
@@ -155,7 +165,7 @@ def prepare_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fm
     resize_for_marker(model, tokenizer, tokens)
     gen = model.generation_config
     eos = gen.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    eos = id_list(eos)
     for i in (*tokens.eos_ids, tokens.marker_id):
         if i not in eos:
             eos.append(i)
@@ -280,7 +290,7 @@ def load_pcl_model(path: str, **model_kwargs) -> tuple[PreTrainedModel, PreTrain
     fmt = format_of(model)
     tokens = segment_tokens(tokenizer, fmt, model)
     gen_eos = model.generation_config.eos_token_id
-    if tokens.marker_id not in ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])):
+    if tokens.marker_id not in id_list(gen_eos):
         raise ValueError(
             f"The generation config in {path!r} does not list the marker id {tokens.marker_id} as an EOS id, so "
             "generation would write the self-assessment. Re-save with `pcl.marker.prepare_model`."

@@ -3,7 +3,6 @@
 import dataclasses
 import textwrap
 import weakref
-from types import SimpleNamespace
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -43,7 +42,8 @@ PAPER = {
 
 
 def _generation_config_source(model):
-    """Something with the model's `generation_config` (for its EOS ids), before SFTTrainer loads a model given by path.
+    """The model (or, for a model given by path, its `GenerationConfig`) whose EOS ids close segments, before
+    SFTTrainer loads it.
 
     Read offline from a local directory or the cache; `None` when it cannot be read (the tokenizer's EOS is used).
     """
@@ -56,7 +56,7 @@ def _generation_config_source(model):
             config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model, local_files_only=True))
         except Exception:
             return None
-    return SimpleNamespace(generation_config=config)
+    return config
 
 
 class _SegmentWeightHook:

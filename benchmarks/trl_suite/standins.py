@@ -90,58 +90,27 @@ def build_tokenizer(family: str, vocab_size: int = 1024) -> PreTrainedTokenizerF
     return tokenizer
 
 
+# The sizes of TRL's own tiny-model generator scripts, shared by every family
+_TINY = dict(hidden_size=8, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=32)
+
+
 def _qwen2(tok, cls):
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=32,
-    )
-    return cfg, cls
+    return Qwen2Config(vocab_size=len(tok), **_TINY), cls
 
 
 def _qwen3(tok, cls):
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=8,
-        head_dim=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=32,
-    )
-    return cfg, cls
+    return Qwen3Config(vocab_size=len(tok), head_dim=4, **_TINY), cls
 
 
 def _qwen3_moe(tok, cls):
     cfg = Qwen3MoeConfig(
-        vocab_size=len(tok),
-        hidden_size=8,
-        head_dim=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=32,
-        moe_intermediate_size=16,
-        num_experts=4,
-        num_experts_per_tok=2,
+        vocab_size=len(tok), head_dim=4, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2, **_TINY
     )
     return cfg, cls
 
 
 def _llama(tok, cls):
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=32,
-        tie_word_embeddings=True,
-    )
-    return cfg, cls
+    return LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, **_TINY), cls
 
 
 # Hub id -> (tokenizer family, config builder, model class)
