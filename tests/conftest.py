@@ -65,3 +65,13 @@ def cpu_args(**kwargs):
         seed=0,
         **kwargs,
     )
+
+
+def readme_python_block(after: str, index: int = 0) -> str:
+    """The `index`-th ```python block of README.md after the first occurrence of `after` (a heading or phrase)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index(after)
+    return re.findall(r"```python\n(.*?)```", readme[start:], re.S)[index]
