@@ -25,7 +25,9 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
               from the same forward pass.
             - `"generated"` (the paper's white-box RL): the marker is not a stop, the model writes its own
               assessment, a Brier consistency reward `1 - (p - g)^2` scores it, and that reward's group-normalised
-              advantage is applied to the assessment tokens only.
+              advantage is applied to the assessment tokens only. With `use_vllm=True` PCL sets `ignore_eos=True`
+              and lists the EOS ids (not the marker) as `stop_token_ids` in `generation_kwargs`, since vLLM would
+              otherwise stop at every EOS id of the checkpoint's generation config, the marker included.
             - `"both"`: `"generated"` plus the teacher-forced NLL of the true score at the written score's position.
     """
 
@@ -68,10 +70,4 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
             raise ValueError(
                 "`self_assessment_mode` must be 'teacher_forced', 'generated' or 'both', got "
                 f"{self.self_assessment_mode!r}."
-            )
-        if self.self_assessment_mode != "teacher_forced" and self.use_vllm:
-            raise ValueError(
-                f"`self_assessment_mode={self.self_assessment_mode!r}` needs rollouts that write past the marker, but "
-                "vLLM stops at every EOS id of a PCL checkpoint (the marker included). Use "
-                "`self_assessment_mode='teacher_forced'` with vLLM, or `use_vllm=False`."
             )

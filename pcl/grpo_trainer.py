@@ -27,6 +27,7 @@ from .marker import (
 from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
 from .validation import check_prompts, checked_reward_func
+from .vllm_requests import rollout_sampling_kwargs
 
 
 # Running reward ranges (auto mode), saved in each checkpoint folder
@@ -176,11 +177,10 @@ class PCLGRPOTrainer(GRPOTrainer):
         stop = self.args.self_assessment_mode == "teacher_forced"
         self.eos_token_ids = [i for i in self.eos_token_ids if i != marker] + ([marker] if stop else [])
         if self.use_vllm:
-            # vLLM stops on its own model's EOS ids, which may predate the marker: list it explicitly
-            kwargs = self.vllm_generation.generation_kwargs
-            kwargs["stop_token_ids"] = [i for i in kwargs.get("stop_token_ids") or [] if i != marker]
-            if stop:
-                kwargs["stop_token_ids"].append(marker)
+            # A copy, so that `args.generation_kwargs` (saved with the run) keeps what the user passed
+            self.vllm_generation.generation_kwargs = rollout_sampling_kwargs(
+                self.vllm_generation.generation_kwargs, marker, self.eos_token_ids, stop
+            )
         else:
             self.generation_kwargs["eos_token_id"] = self.eos_token_ids
             self.generation_config.eos_token_id = self.eos_token_ids

@@ -3,7 +3,7 @@
 
 Complements the guard-rail tests of test_sft_trainer.py, test_grpo_trainer.py, test_segment.py and test_marker.py
 (marker in the data, NaN/+inf/out-of-range rewards in SFT rows, an empty completion, missing SFT columns, bad levels,
-weights and reward ranges on SegmentFormat, `generated` + vLLM): what is here is not tested there.
+weights and reward ranges on SegmentFormat): what is here is not tested there.
 """
 
 import math
@@ -130,12 +130,6 @@ class TestSettings:
     def test_config_refuses(self, config, kwargs, match):
         with pytest.raises(ValueError, match=match):
             config(output_dir="x", bf16=False, **kwargs)
-
-    def test_both_mode_with_vllm(self):
-        with pytest.raises(
-            ValueError, match="`self_assessment_mode='both'` needs rollouts that write past the marker"
-        ):
-            PCLGRPOConfig(output_dir="x", bf16=False, self_assessment_mode="both", use_vllm=True)
 
     def test_levels_must_be_single_tokens(self, tiny_model, tokenizer, model_dir, tmp_path):
         # The config cannot know the tokenizer: 11 levels pass the config, and each trainer refuses them

@@ -76,7 +76,6 @@ class TestPCLGRPOConfig:
         "kwargs, match",
         [
             (dict(self_assessment_mode="sampled"), "'teacher_forced', 'generated' or 'both'"),
-            (dict(self_assessment_mode="generated", use_vllm=True), "vLLM stops at every EOS id"),
             (dict(use_liger_kernel=True), "not supported by PCL"),
             (dict(self_assessment_levels=0), "at least two levels"),
         ],

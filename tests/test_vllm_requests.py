@@ -1,0 +1,306 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""What PCL hands to vLLM. vLLM needs a GPU, so TRL's vLLM back-end runs here against a recording stand-in for the
+engine (colocate: `vllm.LLM` / `SamplingParams`; server: TRL's `VLLMClient`), and the deploy-mode score is checked
+against `pcl.readout` with logprobs computed by transformers. The real engine runs in the GPU check
+(`recipes/deploy_vllm.py`)."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import cpu_args
+from datasets import Dataset
+from trl.generation import vllm_generation
+from trl.generation.vllm_client import VLLMClient
+
+from pcl import PCLGRPOConfig, PCLGRPOTrainer
+from pcl.features import answer_ids
+from pcl.inference import encode_prompt
+from pcl.marker import prepare_model
+from pcl.readout import self_scores
+from pcl.segment import SegmentFormat
+from pcl.vllm_requests import (
+    answer_sampling_kwargs,
+    checkpoint_segment,
+    rollout_sampling_kwargs,
+    score_prompt_ids,
+    score_sampling_kwargs,
+    self_score_from_logprobs,
+)
+
+
+MODES = ["teacher_forced", "generated", "both"]
+PROMPTS = [{"prompt": f"{a} + {b} ="} for a in range(4) for b in range(4)]
+
+
+class TestRolloutSamplingKwargs:
+    def test_teacher_forced_stops_at_marker(self):
+        kwargs = {"stop_token_ids": [5, 9], "seed": 3}
+        out = rollout_sampling_kwargs(kwargs, marker_id=9, eos_ids=[2], stop_at_marker=True)
+        assert out == {"stop_token_ids": [5, 9], "seed": 3}
+        assert kwargs == {"stop_token_ids": [5, 9], "seed": 3}  # the user's dict (TRL's args) is not changed
+
+    def test_generated_stops_at_eos_only(self):
+        out = rollout_sampling_kwargs({"stop_token_ids": [5, 9], "top_k": 4}, 9, [2, 9, 7], stop_at_marker=False)
+        # The checkpoint's generation config lists the marker as an EOS id: vLLM must not read it
+        assert out == {"stop_token_ids": [5, 2, 7], "top_k": 4, "ignore_eos": True}
+
+    def test_users_ignore_eos_is_kept(self):
+        out = rollout_sampling_kwargs({"ignore_eos": True}, 9, [2], stop_at_marker=False)
+        assert out == {"ignore_eos": True, "stop_token_ids": []}
+
+
+# ---- TRL's vLLM back-end with a recording engine ------------------------------------------------------------------
+
+
+def fake_completion(tokens, tokenizer, mode, index):
+    """What the engine returns for the `index`-th completion: `answer MARKER` (teacher-forced rollouts stop at the
+    marker) or `answer MARKER [prefix] LEVEL EOS` (generated rollouts stop at EOS)."""
+    answer = tokenizer.encode(f" {index % 10}", add_special_tokens=False)
+    if mode == "teacher_forced":
+        return [*answer, tokens.marker_id]
+    level = index % len(tokens.level_ids)
+    return [*answer, tokens.marker_id, *tokens.assessment_ids(level)]
+
+
+class Engine:
+    """Records the sampling arguments TRL hands to vLLM and answers with `fake_completion`."""
+
+    def __init__(self, mode):
+        self.mode, self.calls, self.tokens, self.tokenizer = mode, [], None, None
+
+    def completions(self, n):
+        return [fake_completion(self.tokens, self.tokenizer, self.mode, i) for i in range(n)]
+
+    # colocate: `vllm.LLM` and `vllm.SamplingParams`
+    def LLM(self, **init):
+        engine = self
+
+        class LLM:
+            llm_engine = SimpleNamespace(
+                model_executor=SimpleNamespace(
+                    driver_worker=SimpleNamespace(
+                        model_runner=SimpleNamespace(model=SimpleNamespace(load_weights=lambda weights: None))
+                    )
+                )
+            )
+
+            def reset_prefix_cache(self):
+                pass
+
+            def generate(self, prompts, sampling_params, use_tqdm=False):
+                engine.calls.append(sampling_params)
+                outs = engine.completions(len(prompts))
+                return [
+                    SimpleNamespace(
+                        prompt_token_ids=p["prompt_token_ids"],
+                        outputs=[
+                            SimpleNamespace(
+                                token_ids=ids, logprobs=[{t: SimpleNamespace(logprob=-1.0, rank=1)} for t in ids]
+                            )
+                        ],
+                    )
+                    for p, ids in zip(prompts, outs, strict=True)
+                ]
+
+        return LLM()
+
+    @staticmethod
+    def SamplingParams(**kwargs):
+        return dict(kwargs)
+
+    # server: TRL's own `VLLMClient` (it builds the request body), posting to a recording OpenAI-style server
+    def VLLMClient(self, **init):
+        engine = self
+
+        class Client(VLLMClient):
+            def __init__(self, **kwargs):
+                self.model, self.base_url = "ckpt", "http://server:8000"
+
+            def init_communicator(self, device):
+                pass
+
+            def get_server_info(self):
+                return {"model_config": {"logprobs_mode": "processed_logprobs"}}
+
+            def update_named_params(self, metadata, params):
+                for _ in params:
+                    pass
+
+            def reset_prefix_cache(self):
+                pass
+
+            def _post(self, url, json):
+                assert url.endswith("/v1/completions")
+                engine.calls.append(json)  # the JSON body the vLLM server receives
+                outs = engine.completions(len(json["prompt"]) * json["n"])
+                return {"choices": [
+                    {"prompt_token_ids": json["prompt"][i // json["n"]], "token_ids": ids, "logprobs": {
+                        "tokens": [f"token_id:{t}" for t in ids], "token_logprobs": [-1.0] * len(ids),
+                        "top_logprobs": [None] * len(ids)}}
+                    for i, ids in enumerate(outs)
+                ]}  # fmt: skip
+
+        return Client(**init)
+
+
+@pytest.fixture
+def engine_patch(monkeypatch):
+    def patch(mode):
+        engine = Engine(mode)
+        monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda *a, **k: True)
+        monkeypatch.setattr(vllm_generation, "LLM", engine.LLM, raising=False)
+        monkeypatch.setattr(vllm_generation, "SamplingParams", engine.SamplingParams, raising=False)
+        monkeypatch.setattr(vllm_generation, "VLLMClient", engine.VLLMClient)
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "localhost",
+                           "MASTER_PORT": "29511"}.items():  # fmt: skip
+            monkeypatch.setenv(key, value)  # colocate mode sets them; restored after the test
+        return engine
+
+    return patch
+
+
+def vllm_trainer(model_dir, tokenizer, tmp_path, mode, vllm_mode, seen, **config):
+    def reward(completions, **kwargs):
+        seen.extend(completions)
+        return [float(len(c) % 2) for c in completions]
+
+    args = PCLGRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        **cpu_args(
+            per_device_train_batch_size=8, num_generations=4, max_completion_length=16, max_steps=1,
+            log_completions=False, use_vllm=True, vllm_mode=vllm_mode, self_assessment_mode=mode, **config,
+        ),
+    )  # fmt: skip
+    trainer = PCLGRPOTrainer(
+        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+@pytest.mark.parametrize("vllm_mode", ["colocate", "server"])
+@pytest.mark.parametrize("mode", MODES)
+def test_trainer_hands_vllm_its_stops_and_parses_the_written_segment(
+    engine_patch, model_dir, tokenizer, tmp_path, mode, vllm_mode
+):
+    engine = engine_patch(mode)
+    seen = []
+    trainer = vllm_trainer(
+        model_dir, tokenizer, tmp_path, mode, vllm_mode, seen,
+        generation_kwargs={"seed": 7, "presence_penalty": 0.5, "stop_token_ids": [5]},
+    )  # fmt: skip
+    tokens = trainer.segment_tokens
+    engine.tokens, engine.tokenizer = tokens, tokenizer
+    assert trainer.args.generation_kwargs == {"seed": 7, "presence_penalty": 0.5, "stop_token_ids": [5]}
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    output = trainer._generate_and_score_completions(batch)
+
+    (sampling,) = engine.calls
+    # TRL's own sampling parameters and the user's `generation_kwargs` pass through
+    assert sampling["max_tokens"] == 16 and sampling["seed"] == 7 and sampling["presence_penalty"] == 0.5
+    assert sampling["n"] == (4 if vllm_mode == "server" else 1)
+    if mode == "teacher_forced":
+        assert sampling["stop_token_ids"] == [5, tokens.marker_id] and "ignore_eos" not in sampling
+        assert output["self_assessment_mask"].any(-1).all()  # the true score appended after each marker
+        return
+    # Generated modes: the marker is no stop; vLLM must stop at the real EOS ids only
+    assert sampling["ignore_eos"] is True
+    assert sampling["stop_token_ids"] == [5, *tokens.eos_ids] and tokens.marker_id not in sampling["stop_token_ids"]
+    n = output["completion_ids"].size(0)
+    expected = [i % len(tokens.level_ids) for i in range(n)]
+    assert trainer._pcl_written_levels == expected  # each written level, parsed from vLLM's token ids
+    # The task rewards saw the answers only, not the written assessment
+    assert seen == [f" {i % 10}" for i in range(n)]
+    # The score position: after `answer MARKER [prefix]`, in the completion's columns
+    answer_len = [len(tokenizer.encode(f" {i % 10}", add_special_tokens=False)) + 1 for i in range(n)]
+    score_index = output["self_assessment_score_index"].tolist()
+    assert score_index == [a + len(tokens.prefix_ids) for a in answer_len]
+    ids = output["completion_ids"]
+    assert [ids[i, score_index[i]].item() for i in range(n)] == [tokens.level_ids[e] for e in expected]
+    # The segment carries the consistency advantage, the answer the task advantage
+    assert output["advantages"].dim() == 2
+
+
+# ---- deploy mode -------------------------------------------------------------------------------------------------
+
+
+def test_answer_sampling_kwargs(fmt, tokenizer, tiny_model):
+    tokens = prepare_model(tiny_model, tokenizer, fmt)
+    out = answer_sampling_kwargs(tokens, temperature=0.0, max_tokens=8, stop_token_ids=[3, tokens.marker_id])
+    assert out == {"temperature": 0.0, "max_tokens": 8, "stop_token_ids": [3, tokens.marker_id]}
+    assert score_sampling_kwargs(tokens) == {
+        "max_tokens": 1, "temperature": 0.0, "logprobs": len(tokens.level_ids),
+        "allowed_token_ids": list(tokens.level_ids),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("normalised_over", ["levels", "vocabulary"])
+def test_self_score_equals_readout(tokenizer, tiny_model, tmp_path, temperature, normalised_over):
+    """The deploy script's score, from the logprobs vLLM would report for the request it builds, equals
+    `pcl.readout.self_scores` on the same answers."""
+    fmt = SegmentFormat(prefix=" score:") if normalised_over == "levels" else SegmentFormat()
+    tokens = prepare_model(tiny_model, tokenizer, fmt)
+    tiny_model.config.post_completion["readout_temperature"] = temperature
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    tok, ckpt_tokens, ckpt_temperature = checkpoint_segment(str(tmp_path / "ckpt"))
+    assert ckpt_tokens == tokens and ckpt_temperature == temperature
+
+    prompts = ["1 + 2 =", "3 + 4 =", "9 + 9 ="]
+    answers = [" 3", " 7", " 18"]
+    expected = self_scores(tiny_model, tokenizer, prompts, answers)
+    # As vLLM returns them: stopped at the marker, at EOS, or cut at max_tokens
+    ends = [[tokens.marker_id], [tokens.eos_id], []]
+    scores = []
+    for prompt, answer, end in zip(prompts, answers, ends, strict=True):
+        generated = tokenizer.encode(answer, add_special_tokens=False) + end
+        ids = score_prompt_ids(encode_prompt(tokenizer, prompt), generated, tokens)
+        assert ids == answer_ids(tokenizer, prompt, answer, tokens)[0] + list(tokens.prefix_ids)  # what readout reads
+        with torch.no_grad():
+            logits = tiny_model(torch.tensor([ids])).logits[0, -1].double()
+        if normalised_over == "levels":  # vLLM's processed logprobs: masked to `allowed_token_ids`
+            masked = torch.full_like(logits, -math.inf)
+            masked[list(tokens.level_ids)] = logits[list(tokens.level_ids)]
+            logprobs = masked.log_softmax(-1)
+            reported = {i: SimpleNamespace(logprob=logprobs[i].item(), rank=1) for i in tokens.level_ids}
+        else:  # raw logprobs over the whole vocabulary
+            reported = dict(enumerate(logits.log_softmax(-1).tolist()))
+        scores.append(self_score_from_logprobs(reported, ckpt_tokens, ckpt_temperature))
+    assert scores == pytest.approx(expected, abs=1e-5)
+    assert len({round(s, 6) for s in scores}) > 1  # distinct answers, distinct scores: the comparison can fail
+
+
+def test_score_request_of_an_eos_stop(fmt, tokenizer, tiny_model):
+    tokens = prepare_model(tiny_model, tokenizer, fmt)
+    assert score_prompt_ids([1, 2], [7, 8, tokens.eos_id], tokens) == [1, 2, 7, 8, tokens.marker_id]
+    assert score_prompt_ids([1, 2], [7, 8, tokens.marker_id], tokens) == [1, 2, 7, 8, tokens.marker_id]
+    assert score_prompt_ids([1], [7, 8], tokens) == [1, 7, 8, tokens.marker_id]  # cut at max_tokens
+
+
+def test_missing_level_logprob_is_refused(fmt, tokenizer, tiny_model):
+    tokens = prepare_model(tiny_model, tokenizer, fmt)
+    with pytest.raises(ValueError, match="logprobs_mode='processed_logprobs'"):
+        self_score_from_logprobs({tokens.level_ids[0]: -0.1}, tokens)
+
+
+def test_vllm_extra_pins_trls_range():
+    """`pip install pcl[vllm]` installs the vLLM versions the installed TRL supports (its own `vllm` extra)."""
+    import importlib.metadata
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    ours = {
+        Requirement(r).name: Requirement(r).specifier for r in pyproject["project"]["optional-dependencies"]["vllm"]
+    }
+    trls = [Requirement(r) for r in importlib.metadata.requires("trl")]
+    (vllm,) = [r for r in trls if r.name == "vllm" and r.marker is not None and r.marker.evaluate({"extra": "vllm"})]
+    assert ours["vllm"] == vllm.specifier
