@@ -304,3 +304,80 @@ def test_vllm_extra_pins_trls_range():
     trls = [Requirement(r) for r in importlib.metadata.requires("trl")]
     (vllm,) = [r for r in trls if r.name == "vllm" and r.marker is not None and r.marker.evaluate({"extra": "vllm"})]
     assert ours["vllm"] == vllm.specifier
+
+
+def fake_vllm(tokenizer):
+    """A stand-in `vllm` module that runs requests with transformers, as vLLM would answer them: greedy answers that
+    stop at `stop_token_ids` or the checkpoint's EOS ids (kept in the token ids, dropped from the text), and processed
+    logprobs masked to `allowed_token_ids`."""
+    import types
+
+    from pcl.marker import load_pcl_model
+
+    module = types.ModuleType("vllm")
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update({"stop_token_ids": None, "allowed_token_ids": None, **kwargs})
+
+    class LLM:
+        def __init__(self, model, logprobs_mode="raw_logprobs"):
+            self.model, _, _ = load_pcl_model(model)
+            self.logprobs_mode = logprobs_mode
+
+        def generate(self, requests, params):
+            outs = []
+            for request in requests:
+                ids = torch.tensor([request["prompt_token_ids"]])
+                with torch.no_grad():
+                    if params.allowed_token_ids:
+                        assert self.logprobs_mode == "processed_logprobs"
+                        logits = self.model(ids).logits[0, -1]
+                        masked = torch.full_like(logits, -math.inf)
+                        masked[params.allowed_token_ids] = logits[params.allowed_token_ids]
+                        lp = masked.log_softmax(-1)
+                        top = sorted(params.allowed_token_ids, key=lambda i: -lp[i].item())[: params.logprobs]
+                        out = SimpleNamespace(token_ids=top[:1], text="", logprobs=[
+                            {i: SimpleNamespace(logprob=lp[i].item(), rank=r + 1) for r, i in enumerate(top)}])  # fmt: skip
+                    else:
+                        stops = set(params.stop_token_ids or []) | set(self.model.generation_config.eos_token_id)
+                        # A random tiny model writes special tokens, which a decoded answer would lose
+                        bad = [[i] for i in tokenizer.all_special_ids if i not in stops]
+                        gen = self.model.generate(ids, max_new_tokens=params.max_tokens, do_sample=False,
+                                                  eos_token_id=sorted(stops), bad_words_ids=bad)  # fmt: skip
+                        row = gen[0, ids.size(1) :].tolist()
+                        row = row[: next((j + 1 for j, t in enumerate(row) if t in stops), len(row))]
+                        out = SimpleNamespace(token_ids=row, text=tokenizer.decode(row, skip_special_tokens=True))
+                outs.append(SimpleNamespace(outputs=[out]))
+            return outs
+
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    return module
+
+
+def test_deploy_script(tokenizer, tiny_model, tmp_path, monkeypatch, capsys):
+    """`recipes/deploy_vllm.py` end to end on a stand-in engine: answers stop at the marker or EOS, and the score it
+    reads from the engine's logprobs equals `pcl.readout`'s (its own `--check`)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    prepare_model(tiny_model, tokenizer, SegmentFormat(prefix=" score:"))
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm(tokenizer))
+    path = Path(__file__).resolve().parents[1] / "recipes" / "deploy_vllm.py"
+    spec = importlib.util.spec_from_file_location("deploy_vllm", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    prompts = ["1 + 2 =", "3 + 4 =", "9 + 9 =", "5 + 0 ="]
+    rows = script.main([str(tmp_path / "ckpt"), *[a for p in prompts for a in ("--prompt", p)], "--max_tokens", "6",
+                        "--check"])  # fmt: skip
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed == rows
+    assert [r["prompt"] for r in rows] == prompts
+    for row in rows:
+        assert row["self_score"] == pytest.approx(row["readout_self_score"], abs=1e-5)
+        assert row["num_tokens"] <= 6 and "<|" not in row["answer"]
