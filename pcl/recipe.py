@@ -43,12 +43,11 @@ from typing import Any
 import yaml
 from trl import TrlParser
 
-from .fitted_baselines import FIT_ROWS_FILE, load_fit_rows, write_fit_rows
 from .grpo_config import PCLGRPOConfig
-from .marker import CONFIG_KEY, prepare_model
+from .self_labelling import cached_self_labelled_rows, self_labelled_path
 from .sft_config import PCLSFTConfig
 from .splits import DEFAULT_TOLERANCE, check_disjoint
-from .tasks import TaskSpec, load_task, make_reward_func, prompt_text, resolve_reward_func, score_completions
+from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func
 
 
 logger = logging.getLogger(__name__)
@@ -260,81 +259,6 @@ def _as_text(prompt, tokenizer) -> str:
     return text
 
 
-def _self_labelled_rows(spec: dict, model, tokenizer, reward: list[str], fmt) -> list[dict]:
-    """The model's own greedy answers on a task, scored by the stage's reward: the evaluation track's data.
-
-    Each row: `prompt` (as text), `completion`, `reward` and the item's `difficulty` features (for the benchmark's
-    difficulty-only baseline).
-    """
-    from transformers import AutoModelForCausalLM
-
-    from .inference import generate
-    from .items import difficulty_features
-
-    spec = dict(spec)
-    task = TaskSpec.from_dict(spec.pop("task"))
-    data = load_task_cached(task)
-    if isinstance(model, str):
-        with _plain_loading():
-            model = AutoModelForCausalLM.from_pretrained(model)
-    if not hasattr(model.config, CONFIG_KEY):
-        prepare_model(model, tokenizer, fmt)  # a base model: its answers must end at the marker like in training
-    gens = generate(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
-    answers = [" " + g.text.strip() for g in gens]
-    func = make_reward_func(task) if reward == ["task"] else resolve_reward_func(reward[0])
-    rewards = score_completions(func, data, [a.strip() for a in answers])
-    # Truncated answers stay: deployment truncates too, and their score is read the same way
-    keep = [i for i, r in enumerate(rewards) if r is not None]
-    if not keep:
-        raise ValueError(f"Self-labelling produced no rewarded answers on {task.name!r}: every reward was None.")
-    logger.warning(
-        f"Self-labelled {len(keep)} answers on {task.name}: accuracy {sum(rewards[i] for i in keep) / max(len(keep), 1):.3f}"
-    )
-    return [
-        {
-            "prompt": _as_text(data["prompt"][i], tokenizer),
-            "completion": answers[i],
-            "reward": float(rewards[i]),
-            "difficulty": difficulty_features(data["task"][i], data["entry"][i]),
-        }
-        for i in keep
-    ]
-
-
-def self_labelled_path(stage: Stage) -> str:
-    """Where a stage keeps its self-labelled rows (the labels PCL's score is trained on; the benchmark's fit rows)."""
-    return os.path.join(stage.args.output_dir, FIT_ROWS_FILE)
-
-
-def _cached_self_labelled_rows(stage: Stage, model, tokenizer, resume: bool) -> list[dict]:
-    """A stage's self-labelled rows: generated and saved in its output directory, or, on resume, read back from there.
-
-    Generating them costs a pass of generation over the whole task; a resumed run reuses the saved rows, after
-    checking that they were built from this stage's task.
-    """
-    from accelerate import PartialState
-
-    path = self_labelled_path(stage)
-    if resume and os.path.isfile(path):
-        rows = load_fit_rows(path)
-        task = TaskSpec.from_dict(stage.self_labelled["task"])
-        expected = {prompt_text(_as_text(p, tokenizer)) for p in load_task_cached(task)["prompt"]}
-        stray = next((r["prompt"] for r in rows if prompt_text(r["prompt"]) not in expected), None)
-        if stray is not None:
-            raise ValueError(
-                f"{path} holds self-labelled rows of another task (e.g. the prompt {stray!r} is not in "
-                f"`stages.{stage.name}.self_labelled.task`): the recipe changed since it was written. Delete the file "
-                "to label the new task, or restore the recipe."
-            )
-        logger.warning(f"Stage {stage.name!r}: reusing {len(rows)} self-labelled rows from {path}.")
-        return rows
-    rows = _self_labelled_rows(stage.self_labelled, model, tokenizer, stage.reward, stage.args.segment_format)
-    if PartialState().is_main_process:
-        os.makedirs(stage.args.output_dir, exist_ok=True)
-        write_fit_rows(rows, path)
-    return rows
-
-
 def _stage_dataset(stage: Stage, model, tokenizer, resume: bool = False):
     from datasets import Dataset, concatenate_datasets
 
@@ -347,7 +271,7 @@ def _stage_dataset(stage: Stage, model, tokenizer, resume: bool = False):
         return data
     if not isinstance(data[0]["prompt"], str):  # one dataset cannot mix chat and text rows: render both as text
         data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer)})
-    rows = _cached_self_labelled_rows(stage, model, tokenizer, resume)
+    rows = cached_self_labelled_rows(stage, model, tokenizer, resume)
     own = Dataset.from_dict(
         {
             "prompt": [r["prompt"] for r in rows],
