@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import cpu_args
+from conftest import cpu_args, readme_python_block
 from datasets import Dataset
 from trl.generation import vllm_generation
 from trl.generation.vllm_client import VLLMClient
@@ -161,18 +161,21 @@ def engine_patch(monkeypatch):
     return patch
 
 
-def vllm_trainer(model_dir, tokenizer, tmp_path, mode, vllm_mode, seen, **config):
-    def reward(completions, **kwargs):
-        seen.extend(completions)
-        return [float(len(c) % 2) for c in completions]
-
-    args = PCLGRPOConfig(
+def vllm_config(tmp_path, mode, vllm_mode, **config):
+    return PCLGRPOConfig(
         output_dir=str(tmp_path / "out"),
         **cpu_args(
             per_device_train_batch_size=8, num_generations=4, max_completion_length=16, max_steps=1,
             log_completions=False, use_vllm=True, vllm_mode=vllm_mode, self_assessment_mode=mode, **config,
         ),
     )  # fmt: skip
+
+
+def vllm_trainer(model_dir, tokenizer, args, seen):
+    def reward(completions, **kwargs):
+        seen.extend(completions)
+        return [float(len(c) % 2) for c in completions]
+
     trainer = PCLGRPOTrainer(
         model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
         processing_class=tokenizer,
@@ -189,10 +192,10 @@ def test_trainer_hands_vllm_its_stops_and_parses_the_written_segment(
 ):
     engine = engine_patch(mode)
     seen = []
+    kwargs = {"seed": 7, "presence_penalty": 0.5, "stop_token_ids": [5]}
     trainer = vllm_trainer(
-        model_dir, tokenizer, tmp_path, mode, vllm_mode, seen,
-        generation_kwargs={"seed": 7, "presence_penalty": 0.5, "stop_token_ids": [5]},
-    )  # fmt: skip
+        model_dir, tokenizer, vllm_config(tmp_path, mode, vllm_mode, generation_kwargs=kwargs), seen
+    )
     tokens = trainer.segment_tokens
     engine.tokens, engine.tokenizer = tokens, tokenizer
     assert trainer.args.generation_kwargs == {"seed": 7, "presence_penalty": 0.5, "stop_token_ids": [5]}
@@ -381,3 +384,37 @@ def test_deploy_script(tokenizer, tiny_model, tmp_path, monkeypatch, capsys):
     for row in rows:
         assert row["self_score"] == pytest.approx(row["readout_self_score"], abs=1e-5)
         assert row["num_tokens"] <= 6 and "<|" not in row["answer"]
+
+
+def test_readme_vllm_config(engine_patch, model_dir, tokenizer, tmp_path):
+    code = readme_python_block("### vLLM", 0).replace(
+        'output_dir="outputs/pcl-grpo",',
+        f'output_dir="{tmp_path}", bf16=False, use_cpu=True, report_to="none", per_device_train_batch_size=8, '
+        "num_generations=4, max_completion_length=16, max_steps=1,",
+    )
+    namespace = {}
+    exec(code, namespace)
+    engine = engine_patch("generated")
+    trainer = vllm_trainer(model_dir, tokenizer, namespace["args"], [])
+    engine.tokens, engine.tokenizer = trainer.segment_tokens, tokenizer
+    trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    (sampling,) = engine.calls
+    assert sampling["seed"] == 0 and sampling["presence_penalty"] == 0.5 and sampling["ignore_eos"] is True
+    assert sampling["stop_token_ids"] == list(trainer.segment_tokens.eos_ids)
+    assert namespace["args"].generation_kwargs == {"seed": 0, "presence_penalty": 0.5}
+
+
+def test_readme_vllm_deploy(tokenizer, tiny_model, tmp_path, monkeypatch):
+    import sys
+
+    prepare_model(tiny_model, tokenizer, SegmentFormat())
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm(tokenizer))
+    code = readme_python_block("### vLLM", 1)
+    code = code.replace('checkpoint = "outputs/quickstart/assess"', f'checkpoint = "{tmp_path / "ckpt"}"')
+    namespace = {}
+    exec(code, namespace)
+    expected = self_scores(tiny_model, tokenizer, ["12 + 30 ="], [namespace["answer"].text])
+    assert 0 < len(namespace["answer"].token_ids) <= 64
+    assert namespace["self_score"] == pytest.approx(expected[0], abs=1e-5)
