@@ -31,6 +31,19 @@ from pcl.vllm_requests import (
 
 
 MODES = ["teacher_forced", "generated", "both"]
+# Keyword arguments of vLLM's `SamplingParams` and fields of its OpenAI `/v1/completions` request (vLLM 0.2x): the
+# stand-in engines refuse anything else, as vLLM would (the server's request model forbids extra fields)
+SAMPLING_PARAMS = {
+    "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
+    "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
+    "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "logits_processors",
+    "include_stop_str_in_output", "truncate_prompt_tokens", "output_kind", "structured_outputs", "logit_bias",
+    "allowed_token_ids", "extra_args", "bad_words",
+}  # fmt: skip
+COMPLETION_REQUEST = (SAMPLING_PARAMS - {"detokenize", "output_kind", "extra_args", "bad_words"}) | {
+    "model", "prompt", "echo", "stream", "suffix", "user", "use_beam_search", "length_penalty", "return_token_ids",
+    "return_tokens_as_token_ids", "response_format", "priority", "vllm_xargs",
+}  # fmt: skip
 PROMPTS = [{"prompt": f"{a} + {b} ="} for a in range(4) for b in range(4)]
 
 
@@ -108,6 +121,7 @@ class Engine:
 
     @staticmethod
     def SamplingParams(**kwargs):
+        assert set(kwargs) <= SAMPLING_PARAMS, set(kwargs) - SAMPLING_PARAMS
         return dict(kwargs)
 
     # server: TRL's own `VLLMClient` (it builds the request body), posting to a recording OpenAI-style server
@@ -132,7 +146,7 @@ class Engine:
                 pass
 
             def _post(self, url, json):
-                assert url.endswith("/v1/completions")
+                assert url.endswith("/v1/completions") and set(json) <= COMPLETION_REQUEST, set(json)
                 engine.calls.append(json)  # the JSON body the vLLM server receives
                 outs = engine.completions(len(json["prompt"]) * json["n"])
                 return {"choices": [
@@ -321,6 +335,7 @@ def fake_vllm(tokenizer):
 
     class SamplingParams:
         def __init__(self, **kwargs):
+            assert set(kwargs) <= SAMPLING_PARAMS, set(kwargs) - SAMPLING_PARAMS
             self.__dict__.update({"stop_token_ids": None, "allowed_token_ids": None, **kwargs})
 
     class LLM:
