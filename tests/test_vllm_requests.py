@@ -239,8 +239,12 @@ def test_trainer_hands_vllm_its_stops_and_parses_the_written_segment(
     assert score_index == [a + len(tokens.prefix_ids) for a in answer_len]
     ids = output["completion_ids"]
     assert [ids[i, score_index[i]].item() for i in range(n)] == [tokens.level_ids[e] for e in expected]
-    # The segment carries the consistency advantage, the answer the task advantage
-    assert output["advantages"].dim() == 2
+    # Per-token advantages: one value on the answer (the task's), another on the written segment (consistency's)
+    adv, mask = output["advantages"], output["completion_mask"]
+    for i, a in enumerate(answer_len):
+        end = int(mask[i].sum())
+        assert end == a + len(tokens.prefix_ids) + 2  # the segment ends with EOS
+        assert torch.all(adv[i, :a] == adv[i, 0]) and torch.all(adv[i, a:end] == adv[i, a])
 
 
 # ---- deploy mode -------------------------------------------------------------------------------------------------
