@@ -291,3 +291,35 @@ def test_vllm_sync_sends_the_trained_marker_row_under_vllms_names(tied):
     # The marker row vLLM gets is the trained one (the delta), not the base's
     delta = wrapped.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
     torch.testing.assert_close(sent["model.embed_tokens.weight"][marker], delta[0], rtol=0, atol=0)
+
+
+# ---- README ---------------------------------------------------------------------------------------------------------
+
+
+def test_readme_lora_snippet(base_dir, tmp_path, monkeypatch):
+    from conftest import readme_python_block
+
+    code = readme_python_block("### LoRA / PEFT")
+    code = code.replace('load_dataset("trl-lib/DeepMath-103K", split="train")', "Dataset.from_list(ROWS)")
+    code = code.replace('"Qwen/Qwen2.5-7B-Instruct"', repr(base_dir))
+    code = code.replace(
+        'PCLGRPOConfig(output_dir="qwen-pcl-lora")', 'PCLGRPOConfig(output_dir="qwen-pcl-lora", **TINY)'
+    )
+    assert code.count("ROWS") == 1 and code.count("TINY") == 1 and base_dir in code
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{a} + {b} ="}], "solution": str(a + b)}
+        for a in range(10)
+        for b in range(10)
+    ]
+    tiny = cpu_args(per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2)
+    monkeypatch.chdir(tmp_path)  # the snippet's relative output folders
+    namespace = {"Dataset": Dataset, "ROWS": rows, "TINY": {**tiny, "log_completions": False}}
+    exec(compile(code, "README.md", "exec"), namespace)
+
+    marker = namespace["tokens"].marker_id
+    assert namespace["trainer"].model.peft_config["default"].trainable_token_indices == {"embed_tokens": [marker]}
+    assert isinstance(namespace["model"], peft.PeftModel) and 0.0 <= namespace["confidence"][0] <= 1.0
+    merged, tokenizer, tokens = load_pcl_model(str(tmp_path / "qwen-pcl-merged"))
+    assert tokens == namespace["tokens"] and marker in merged.generation_config.eos_token_id
+    again = self_scores(merged, tokenizer, [[{"role": "user", "content": "What is 2 + 2?"}]], [" 4"])
+    assert abs(again[0] - namespace["confidence"][0]) < 1e-5
