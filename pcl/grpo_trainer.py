@@ -53,12 +53,13 @@ class PCLGRPOTrainer(GRPOTrainer):
     but a newly added marker changes the rollouts (see `self_assessment_weight` there). The logged `loss` includes
     the segment term; `self_assessment/loss` is that term alone, so the policy loss is their difference.
 
-    Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; a model instance
-    resized for it before the parent wraps it; stop id, reward targets; a plain `GRPOConfig` is converted),
+    Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; the model resized
+    for it before the parent wraps it, with trainable marker rows under `peft_config` and a vLLM weight sync that
+    keeps them: see `pcl.adapters`; stop id, reward targets; a plain `GRPOConfig` is converted),
     `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
     `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
     (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
-    `_load_optimizer_and_scheduler` (running reward ranges). Everything else is inherited from [`~trl.GRPOTrainer`],
+    `_load_optimizer_and_scheduler` (running reward ranges), `_save` (the format beside a PEFT adapter). Everything else is inherited from [`~trl.GRPOTrainer`],
     so existing GRPO recipes work by swapping the two class names.
 
     Example:

@@ -89,9 +89,11 @@ class PCLSFTTrainer(SFTTrainer):
     format SFTTrainer accepts works (prompt/completion, `text`, `formatting_func`, `messages`, `conversations`, tools,
     pre-tokenized `input_ids`); `pcl.sft_data` says where the segment goes in each.
 
-    Overridden: `__init__` (add the marker token, refuse loss paths that bypass the weighting), `_prepare_dataset`
+    Overridden: `__init__` (add the marker token, resize the model for it before SFTTrainer wraps it, with trainable
+    marker rows under `peft_config`: see `pcl.adapters`; refuse loss paths that bypass the weighting), `_prepare_dataset`
     (write the segment into the raw rows, then TRL prepares them as usual, so eval datasets and datasets passed to
-    `evaluate()` get it too) and `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`); a forward hook
+    `evaluate()` get it too), `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`) and `_save` (the
+    format beside a PEFT adapter, which has no `config.json`); a forward hook
     weights the per-token log-probs of TRL's fused LM head. The segment is found in `input_ids` at loss time, so
     truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
     start (`position_ids == 0`) closes a segment, and a segment cut off from its answer by packing (a chunk that starts

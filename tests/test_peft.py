@@ -241,11 +241,9 @@ def test_an_adapter_without_the_pcl_files_is_refused(lora_sft, tmp_path):
 # ---- vLLM weight sync -----------------------------------------------------------------------------------------------
 
 
-def vllm_sync(model, fix: bool) -> dict[str, torch.Tensor]:
-    """What TRL's colocate weight sync hands vLLM's `load_weights` for a PEFT model (vLLM mocked)."""
+def mock_vllm(model, received: dict):
+    """TRL's `VLLMGeneration` in colocate mode with vLLM mocked: its `load_weights` keeps what it receives."""
     from trl.generation.vllm_generation import VLLMGeneration
-
-    received = {}
 
     def load_weights(weights):
         for name, tensor in weights:
@@ -257,6 +255,14 @@ def vllm_sync(model, fix: bool) -> dict[str, torch.Tensor]:
     gen.llm = SimpleNamespace(llm_engine=engine, reset_prefix_cache=lambda: None)
     gen.model, gen.mode, gen.enable_sleep_mode, gen.accelerator = model, "colocate", False, None
     gen._dist = SimpleNamespace(is_fsdp=False, gather_params=lambda params: contextlib.nullcontext())
+    gen.generation_kwargs = {}
+    return gen
+
+
+def vllm_sync(model, fix: bool) -> dict[str, torch.Tensor]:
+    """What TRL's colocate weight sync hands vLLM's `load_weights` for a PEFT model."""
+    received = {}
+    gen = mock_vllm(model, received)
     if fix:
         fix_vllm_sync_names(gen)
     gen.sync_weights()
@@ -291,6 +297,24 @@ def test_vllm_sync_sends_the_trained_marker_row_under_vllms_names(tied):
     # The marker row vLLM gets is the trained one (the delta), not the base's
     delta = wrapped.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
     torch.testing.assert_close(sent["model.embed_tokens.weight"][marker], delta[0], rtol=0, atol=0)
+
+
+def test_pcl_grpo_with_vllm_syncs_the_marker_row(base_dir, tmp_path, monkeypatch):
+    """PCL-GRPO installs the renaming on the trainer's own vLLM backend (TRL's class, vLLM mocked)."""
+    from trl.trainer import grpo_trainer as grpo_module
+
+    received = {}
+    monkeypatch.setattr(grpo_module, "VLLMGeneration", lambda model, **kwargs: mock_vllm(model, received))
+    trainer = grpo_trainer(base_dir, tmp_path, LoraConfig(**LORA), use_vllm=True, vllm_mode="colocate")
+    marker = trainer.segment_tokens.marker_id
+    with torch.no_grad():
+        trainer.model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"].add_(1.0)
+    trainer.vllm_generation.sync_weights()
+    assert "model.embed_tokens.weight" in received and not any("token_adapter" in n for n in received)
+    expected = copy.deepcopy(trainer.model).merge_and_unload().state_dict()
+    assert sorted(received) == sorted(expected)
+    torch.testing.assert_close(received["model.embed_tokens.weight"], expected["model.embed_tokens.weight"])
+    assert not torch.equal(received["model.embed_tokens.weight"][marker], received["model.embed_tokens.weight"][1])
 
 
 # ---- README ---------------------------------------------------------------------------------------------------------
