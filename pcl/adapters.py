@@ -131,7 +131,7 @@ def marker_rows(
 
 
 def expose_head_bias(model: torch.nn.Module) -> None:
-    """Give an LM head wrapped by PEFT's trainable tokens (tied embeddings) the `bias` attribute TRL's fused LM head reads.
+    """Give an LM head wrapped by PEFT's trainable tokens (tied embeddings) the `bias` TRL's fused LM head reads.
 
     The wrapper serves `weight` (with the trained rows) but raises on `bias`; the bias is the wrapped layer's (`None`
     for the usual bias-free head), set on the instance so that nothing is registered twice.
