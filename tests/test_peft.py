@@ -8,6 +8,7 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import addition_rows, cpu_args
@@ -19,6 +20,7 @@ from peft import LoraConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer  # noqa: E402
 from pcl.adapters import FORMAT_FILE, fix_vllm_sync_names, train_marker_rows  # noqa: E402
+from pcl.features import answer_features  # noqa: E402
 from pcl.inference import generate  # noqa: E402
 from pcl.marker import load_pcl_model  # noqa: E402
 from pcl.readout import level_distribution, self_scores  # noqa: E402
@@ -223,6 +225,21 @@ def test_adapter_and_merged_model_stop_at_the_marker_and_agree(lora_sft, tmp_pat
     from_merged = self_scores(merged, merged_tokenizer, prompts, completions)
     assert torch.allclose(torch.tensor(from_adapter), torch.tensor(from_merged), atol=1e-5)
     assert torch.allclose(torch.tensor(trained), torch.tensor(from_adapter), atol=1e-5)
+    # Every readout takes the PeftModel: hidden states at the answer end (probes), token log-probs, and the self-score
+    # read from the KV cache while generating
+    feats = [
+        answer_features(m, t, prompts, completions) for m, t in ((adapter, tokenizer), (merged, merged_tokenizer))
+    ]
+    np.testing.assert_allclose(feats[0].hidden, feats[1].hidden, atol=1e-5)
+    np.testing.assert_allclose(feats[0].level_probs, feats[1].level_probs, atol=1e-5)
+    for a, b in zip(feats[0].token_logprobs, feats[1].token_logprobs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    scored = [
+        [g.self_score for g in generate(m, t, prompts[:4], max_new_tokens=8, show_progress=False, self_score=True)]
+        for m, t in ((adapter, tokenizer), (merged, merged_tokenizer))
+    ]
+    assert scored[0] == pytest.approx(scored[1], abs=1e-5) and all(x is not None for x in scored[0])
+
     # The adapter is what the readout reads: without it the level distribution is another one
     trained_levels = level_distribution(adapter, tokenizer, prompts, completions)
     with adapter.disable_adapter():
