@@ -168,9 +168,10 @@ class PCLSFTTrainer(SFTTrainer):
         # The model gets the marker row before SFTTrainer wraps it (PEFT), and a new marker trainable rows under
         # `peft_config`, as SFTTrainer gives the tokens `clone_chat_template` adds
         peft_config = kwargs.pop("peft_config", None)
-        with marker_rows(
-            sft_module, model, text_tokenizer(processing_class), tokens, peft_config, marker_added
-        ) as peft_config:
+        row_tokens = tokens  # a new marker row starts as a copy of the EOS that ends the answers (SFTConfig.eos_token)
+        if args.eos_token is not None and args.eos_token in tokenizer.get_vocab():
+            row_tokens = dataclasses.replace(tokens, eos_id=tokenizer.convert_tokens_to_ids(args.eos_token))
+        with marker_rows(sft_module, model, tokenizer, row_tokens, peft_config, marker_added) as peft_config:
             super().__init__(
                 model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                 processing_class=processing_class, peft_config=peft_config, **kwargs,
