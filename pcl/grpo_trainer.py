@@ -11,15 +11,14 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer import grpo_trainer as grpo_module
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from .adapters import expose_head_bias, fix_vllm_sync_names, is_peft_model, marker_rows, save_adapter_format
 from .grpo_config import PCLGRPOConfig
 from .grpo_layout import append_segments, group_advantages
-from .head import project
+from .head import head_weight_and_bias, project
 from .marker import (
     CONFIG_KEY,
     attach_hook,
     prepare_model,
-    resize_instance,
-    resize_on_creation,
     resolve_args_and_tokenizer,
     segment_tokens,
     text_tokenizer,
@@ -55,12 +54,13 @@ class PCLGRPOTrainer(GRPOTrainer):
     but a newly added marker changes the rollouts (see `self_assessment_weight` there). The logged `loss` includes
     the segment term; `self_assessment/loss` is that term alone, so the policy loss is their difference.
 
-    Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; a model instance
-    resized for it before the parent wraps it; stop id, reward targets; a plain `GRPOConfig` is converted),
+    Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; the model resized
+    for it before the parent wraps it, with trainable marker rows under `peft_config` and a vLLM weight sync that
+    keeps them: see `pcl.adapters`; stop id, reward targets; a plain `GRPOConfig` is converted),
     `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
     `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
     (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
-    `_load_optimizer_and_scheduler` (running reward ranges). Everything else is inherited from [`~trl.GRPOTrainer`],
+    `_load_optimizer_and_scheduler` (running reward ranges), `_save` (the format beside a PEFT adapter). Everything else is inherited from [`~trl.GRPOTrainer`],
     so existing GRPO recipes work by swapping the two class names.
 
     Example:
@@ -124,17 +124,16 @@ class PCLGRPOTrainer(GRPOTrainer):
                     "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3. Use 'teacher_forced' or "
                     "'generated', or ZeRO-2."
                 )
+        marker_added = fmt.marker not in tokenizer.get_vocab()
         tokens = segment_tokens(tokenizer, fmt)  # adds the marker before the parent sets up generation
         strict = args.self_assessment_weight > 0  # with weight 0 the parent's input checks are the only ones
         if reward_funcs is not None and strict:
             reward_funcs = [
                 checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
             ]
-        if not isinstance(model, str):
-            resize_instance(model, tokenizer, tokens)
-        # The reference model is built and wrapped (DeepSpeed, FSDP) inside the parent's __init__: give it the marker
-        # row as it is created, since it cannot be resized once wrapped
-        with resize_on_creation(grpo_module, tokenizer, tokens):
+        # The policy and reference models are wrapped (PEFT, DeepSpeed, FSDP) inside the parent's __init__: give them
+        # the marker row before, and a new marker trainable rows under `peft_config` (which GRPOTrainer does not do)
+        with marker_rows(grpo_module, model, tokenizer, tokens, peft_config, marker_added) as peft_config:
             super().__init__(
                 model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                 processing_class=processing_class, reward_processing_classes=reward_processing_classes,
@@ -149,6 +148,7 @@ class PCLGRPOTrainer(GRPOTrainer):
             check_prompts(ds, fmt.marker, name, environment)
 
         self._pcl_base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        expose_head_bias(self.model)  # a tied head under PEFT's trainable tokens, read by TRL's fused head
         self.segment_tokens = prepare_model(self._pcl_base, tokenizer, fmt)
         # The segment NLL comes from TRL's fused head, which divides the logits by `temperature`: the checkpoint
         # records it so the self-score readout uses the distribution that was trained
@@ -165,6 +165,8 @@ class PCLGRPOTrainer(GRPOTrainer):
         )
 
         self._configure_stop_ids()
+        if self.use_vllm and is_peft_model(self.model):
+            fix_vllm_sync_names(self.vllm_generation)  # a trainable marker row would reach vLLM under PEFT's names
         self._pcl_nll_mask = None  # (B, T) positions whose log-probs feed the segment NLL, set during the loss
         self._pcl_reads = {}  # name -> (rows, positions, ids): LM-head rows to read at those positions
         self._pcl_read_logits = {}
@@ -301,6 +303,11 @@ class PCLGRPOTrainer(GRPOTrainer):
             with open(os.path.join(folder, REWARD_STATE), "w") as f:
                 json.dump(self._pcl_reward_targets.state_dict(), f)
 
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # an adapter directory has no config.json to carry the format
+            save_adapter_format(self.model, output_dir or self.args.output_dir)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         self._load_reward_state(checkpoint)
@@ -326,7 +333,7 @@ class PCLGRPOTrainer(GRPOTrainer):
         for name, (rows, positions, ids, grad) in self._pcl_reads.items():
             grad = grad and torch.is_grad_enabled()  # evaluation runs under no_grad: build no graph there
             hidden = output.last_hidden_state[rows, positions - 1]  # the hidden state before a token predicts it
-            with maybe_gather_lm_head_ctx(head.weight, head.bias), torch.set_grad_enabled(grad):
+            with maybe_gather_lm_head_ctx(*head_weight_and_bias(head)), torch.set_grad_enabled(grad):
                 h = hidden if grad else hidden.detach()
                 logits = project(h, head, ids.to(h.device), self._pcl_base.config, detach_weight=zero3)
             self._pcl_read_logits[name] = logits / self.temperature

@@ -34,6 +34,13 @@ def apply_logit_transform(logits: torch.Tensor, config: PretrainedConfig) -> tor
     return logits
 
 
+def head_weight_and_bias(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight and bias as its forward uses them, also under a PEFT wrapper: `modules_to_save` serves its
+    trainable copy's, trainable tokens serve the weight with the trained rows (and have no `bias` of their own)."""
+    bias = head.bias if hasattr(head, "bias") else getattr(head.original_module, "bias", None)
+    return head.weight, bias
+
+
 def project(
     hidden: torch.Tensor,
     head: torch.nn.Module,
@@ -43,8 +50,9 @@ def project(
 ) -> torch.Tensor:
     """The model's logits of the tokens `ids` from `hidden` (`(N, H)`): `ids` is `(K,)` (the same tokens for every row)
     or `(N, K)` (per row). The LM head's weight must be gathered by the caller under ZeRO-3 (and detached there)."""
-    weight = head.weight[ids]
-    bias = None if head.bias is None else head.bias[ids]
+    weight, bias = head_weight_and_bias(head)
+    weight = weight[ids]
+    bias = None if bias is None else bias[ids]
     if detach_weight:
         weight, bias = weight.detach(), None if bias is None else bias.detach()
     hidden = hidden.to(weight.dtype)

@@ -73,13 +73,18 @@ class _ScoreAfterMarker(LogitsProcessor):
 
     @contextlib.contextmanager
     def capture(self, model: PreTrainedModel):
-        """Keep the last position's logits of each forward of `model` (only the current step's, so no memory grows)."""
+        """Keep the last position's logits of each forward of `model` (only the current step's, so no memory grows).
+
+        The hook goes on the transformers model itself: a PEFT model's `generate` calls its base model's forward, never
+        the wrapper's.
+        """
 
         def hook(module, args, output):
             logits = output.logits if hasattr(output, "logits") else output[0]
             self.raw = logits[:, -1]
 
-        handle = model.register_forward_hook(hook)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        handle = base.register_forward_hook(hook)
         try:
             yield self
         finally:

@@ -176,6 +176,13 @@ def prepare_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fm
     return tokens
 
 
+def embedding_rows(model: PreTrainedModel) -> int:
+    """The number of rows of the input embeddings (read from the module, so partitioned under ZeRO-3 or wrapped by
+    PEFT's trainable tokens / `modules_to_save` alike)."""
+    embed = model.get_input_embeddings()
+    return getattr(embed, "original_module", embed).num_embeddings
+
+
 def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens) -> bool:
     """Resize the embeddings when the tokenizer outgrew them (a newly added marker); return whether it resized.
 
@@ -184,7 +191,7 @@ def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     every position (on a small vocabulary that stops rollouts mid-answer). `resize_token_embeddings` gathers
     partitioned parameters itself under DeepSpeed ZeRO-3; the copy gathers them too.
     """
-    if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
+    if len(tokenizer) <= embedding_rows(model):
         return False
     model.resize_token_embeddings(len(tokenizer))
     rows = [model.get_input_embeddings().weight]
@@ -214,7 +221,7 @@ def resize_instance(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
     vocabulary): it is refused with the fix.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if len(tokenizer) <= base.get_input_embeddings().num_embeddings:
+    if len(tokenizer) <= embedding_rows(base):
         return
     if base is not model:
         raise ValueError(
@@ -224,25 +231,6 @@ def resize_instance(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
             "pass the base model with `peft_config=` so PCL resizes it before PEFT wraps it."
         )
     resize_for_marker(model, tokenizer, tokens)
-
-
-@contextlib.contextmanager
-def resize_on_creation(module, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens):
-    """Within the block, models that `module.create_model_from_path` loads (TRL's policy and reference models) are
-    resized for the marker as they are created, before TRL wraps them (DeepSpeed, FSDP), which a resize cannot follow.
-    """
-    original = module.create_model_from_path
-
-    def create(*args, **kwargs):
-        model = original(*args, **kwargs)
-        resize_for_marker(model, tokenizer, tokens)
-        return model
-
-    module.create_model_from_path = create
-    try:
-        yield
-    finally:
-        module.create_model_from_path = original
 
 
 def format_of(model: PreTrainedModel) -> SegmentFormat:
@@ -264,11 +252,21 @@ def readout_temperature(model: PreTrainedModel) -> float:
     return float(saved.get("readout_temperature", 1.0))
 
 
-def load_pcl_model(path: str, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SegmentTokens]:
-    """Load a PCL checkpoint for deployment or introspection, refusing ones whose marker setup is broken."""
+def load_pcl_model(
+    path: str, base_model: str | None = None, **model_kwargs
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SegmentTokens]:
+    """Load a PCL checkpoint for deployment or introspection, refusing ones whose marker setup is broken.
+
+    A PEFT adapter directory saved by a PCL trainer loads onto its base model (`base_model`, default the adapter's
+    `base_model_name_or_path`) as a `PeftModel`; see `pcl.adapters.load_adapter`.
+    """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No model directory at {path!r}.")
     files = set(os.listdir(path))
+    if "adapter_config.json" in files:
+        from .adapters import load_adapter  # PEFT is optional
+
+        return load_adapter(path, base_model, **model_kwargs)
     missing = [f for f in ("config.json", "generation_config.json") if f not in files]
     if not any(f.endswith(".safetensors") or (f.startswith("pytorch_model") and f.endswith(".bin")) for f in files):
         missing.append("model weights (*.safetensors)")

@@ -8,8 +8,10 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 from trl import SFTTrainer
+from trl.trainer import sft_trainer as sft_module
 
-from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens
+from .adapters import expose_head_bias, marker_rows, save_adapter_format
+from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens, text_tokenizer
 from .segment import empty_segment_mask, orphan_tail_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
 from .sft_data import (
@@ -87,9 +89,11 @@ class PCLSFTTrainer(SFTTrainer):
     format SFTTrainer accepts works (prompt/completion, `text`, `formatting_func`, `messages`, `conversations`, tools,
     pre-tokenized `input_ids`); `pcl.sft_data` says where the segment goes in each.
 
-    Overridden: `__init__` (add the marker token, refuse loss paths that bypass the weighting), `_prepare_dataset`
+    Overridden: `__init__` (add the marker token, resize the model for it before SFTTrainer wraps it, with trainable
+    marker rows under `peft_config`: see `pcl.adapters`; refuse loss paths that bypass the weighting), `_prepare_dataset`
     (write the segment into the raw rows, then TRL prepares them as usual, so eval datasets and datasets passed to
-    `evaluate()` get it too) and `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`); a forward hook
+    `evaluate()` get it too), `compute_loss` (log `self_assessment/loss`, `/nll`, `/accuracy`) and `_save` (the
+    format beside a PEFT adapter, which has no `config.json`); a forward hook
     weights the per-token log-probs of TRL's fused LM head. The segment is found in `input_ids` at loss time, so
     truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
     start (`position_ids == 0`) closes a segment, and a segment cut off from its answer by packing (a chunk that starts
@@ -137,6 +141,7 @@ class PCLSFTTrainer(SFTTrainer):
         args, processing_class = resolve_args_and_tokenizer(model, args, PCLSFTConfig, "PCL-SFT", processing_class)
         self.segment_format = args.segment_format
         self._pcl_active = args.self_assessment_weight > 0
+        marker_added = self.segment_format.marker not in text_tokenizer(processing_class).get_vocab()
         # The marker must be a token before SFTTrainer tokenises the datasets in its __init__
         tokens = segment_tokens(processing_class, self.segment_format, _generation_config_source(model))
         # A chat template may end the assistant turn with a token that is no EOS id (ChatML's `<|im_end|>` for a base
@@ -160,16 +165,29 @@ class PCLSFTTrainer(SFTTrainer):
                 self.segment_format, tokens, eos_token, args.self_assessment_reward_column,
                 args.self_assessment_only_column, args.dataset_text_field, end_of_turn,
             )  # fmt: skip
-        super().__init__(
-            model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
-            **kwargs,
-        )  # fmt: skip
+        # The model gets the marker row before SFTTrainer wraps it (PEFT), and a new marker trainable rows under
+        # `peft_config`, as SFTTrainer gives the tokens `clone_chat_template` adds
+        peft_config = kwargs.pop("peft_config", None)
+        row_tokens = tokens  # a new marker row starts as a copy of the EOS that ends the answers (SFTConfig.eos_token)
+        if args.eos_token is not None and args.eos_token in tokenizer.get_vocab():
+            row_tokens = dataclasses.replace(tokens, eos_id=tokenizer.convert_tokens_to_ids(args.eos_token))
+        with marker_rows(sft_module, model, tokenizer, row_tokens, peft_config, marker_added) as peft_config:
+            super().__init__(
+                model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                processing_class=processing_class, peft_config=peft_config, **kwargs,
+            )  # fmt: skip
         if self._pcl_active:
             self._check_loss_path()
+        expose_head_bias(self.model)  # a tied head under PEFT's trainable tokens, read by TRL's fused head
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.segment_tokens = self._with_closing_ids(prepare_model(base, processing_class, self.segment_format))
         self._pcl_stats = self._pcl_extra = None
         attach_hook(base, _SegmentWeightHook(self), with_kwargs=True)
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # an adapter directory has no config.json to carry the format
+            save_adapter_format(self.model, output_dir or self.args.output_dir)
 
     def _with_closing_ids(self, tokens):
         extra = tuple(i for i in self._pcl_closing_ids if i not in tokens.eos_ids)

@@ -436,3 +436,21 @@ def test_training_lowers_segment_nll_and_checkpoint_stops_at_marker(tokenizer, t
             after = row[row.index(tokens.marker_id) + 1 :]
             assert all(t == tok.pad_token_id for t in after)  # nothing generated past the marker
     assert stopped_at_marker == 3
+
+
+def test_new_marker_row_copies_the_eos_that_ends_the_answers(tmp_path):
+    """The marker row is added before SFTTrainer wraps the model; with `eos_token` set, it copies that token's rows
+    (the stop the marker replaces), not the tokenizer's original EOS."""
+    from pcl.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    args = PCLSFTConfig(output_dir=str(tmp_path / "out"), eos_token="~", **cpu_args(max_steps=1))
+    trainer = PCLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(addition_rows(8)), processing_class=tok)
+    marker, tilde, eos = (
+        trainer.segment_tokens.marker_id,
+        tok.convert_tokens_to_ids("~"),
+        tok.convert_tokens_to_ids("<eos>"),
+    )
+    for weight in (trainer.model.get_input_embeddings().weight, trainer.model.get_output_embeddings().weight):
+        assert torch.equal(weight[marker], weight[tilde]) and not torch.equal(weight[marker], weight[eos])

@@ -125,6 +125,27 @@ def test_trains_and_saves_a_loadable_checkpoint(run, mode, trainer):
     assert len(changed) > 0.5 * len(trained)
 
 
+@pytest.mark.parametrize("mode, trainer, no_marker", [("zero2", "sft", True), ("zero3", "grpo", False)])
+def test_lora_adapter_under_deepspeed(run, mode, trainer, no_marker):
+    """A LoRA adapter trains and saves a loadable PCL adapter: under ZeRO-2 with a new marker (its rows in the adapter),
+    under ZeRO-3 with a marker the base model has (PEFT's trainable tokens, which hold a new marker's rows, call CUDA
+    under ZeRO-3, so the CPU cannot run them)."""
+    peft = pytest.importorskip("peft")
+    result = run(mode, trainer, "--lora", *(["--no-marker"] if no_marker else []))
+    assert result["num_processes"] == 2 and result["global_step"] == MAX_STEPS
+    nll = nll_per_step(result)
+    assert len(nll) == MAX_STEPS and all(math.isfinite(x) for x in nll), result["log_history"]
+    model, tokenizer, tokens = load_pcl_model(result["final_dir"])
+    assert isinstance(model, peft.PeftModel) and tokens.marker_id == result["marker_id"]
+    assert tokens.marker_id in model.generation_config.eos_token_id
+    config = model.peft_config["default"]
+    if no_marker:
+        assert config.trainable_token_indices == {"embed_tokens": [tokens.marker_id]}
+        assert config.modules_to_save == ["lm_head"]
+    else:
+        assert config.trainable_token_indices is None and config.modules_to_save is None
+
+
 def assert_same_run(a: dict, b: dict, keys: tuple[str, ...], rel: float, atol_weights: float) -> None:
     for key in keys:
         x = [log[key] for log in a["log_history"] if key in log]
@@ -190,4 +211,6 @@ def test_both_mode_refused_under_zero3(tmp_path):
     proc = subprocess.run(
         cmd, env=child_env(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
     )
-    assert proc.returncode != 0 and "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3" in proc.stdout
+    assert (
+        proc.returncode != 0 and "`self_assessment_mode='both'` is not supported under DeepSpeed ZeRO-3" in proc.stdout
+    )

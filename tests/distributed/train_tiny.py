@@ -10,7 +10,7 @@ tests. Runs as one process or under `accelerate launch`:
 
 The base model (hidden 32, 2 layers) is built in `--base` (default OUTPUT_DIR/base) unless it is there already; it is
 loaded by path, so under ZeRO-3 it is partitioned as it loads. `--no-marker` builds its tokenizer without the marker,
-so the trainer adds it and resizes the embeddings. `--config '{"max_steps": 4}'` overrides any config field. At the
+so the trainer adds it and resizes the embeddings; `--lora` trains a LoRA adapter. `--config '{"max_steps": 4}'` overrides any config field. At the
 end the model is saved with `trainer.save_model(OUTPUT_DIR/final)` and the main process writes `--result` (default
 OUTPUT_DIR/result.json): the trainer's `state.log_history`, the global step, the world size and a checksum of the
 saved parameters.
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("output_dir")
     parser.add_argument("--base", default=None, help="Base model directory (built if missing).")
     parser.add_argument("--no-marker", action="store_true", help="Build the base tokenizer without the marker.")
+    parser.add_argument("--lora", action="store_true", help="Train a LoRA adapter (`peft_config`).")
     parser.add_argument("--config", type=json.loads, default={}, help="JSON dict of config overrides.")
     parser.add_argument("--resume", nargs="?", const=True, default=None, help="resume_from_checkpoint (path or last).")
     parser.add_argument(
@@ -152,15 +153,20 @@ def main(argv=None) -> int:
 
     recorder = RecordOptimizerState()
     callbacks = [recorder] + ([PauseAfterSave(args.pause_after_save)] if args.pause_after_save else [])
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     if args.trainer == "sft":
         trainer = PCLSFTTrainer(
             model=base, args=config, train_dataset=Dataset.from_list(sft_rows()), processing_class=tokenizer,
-            callbacks=callbacks,
+            callbacks=callbacks, peft_config=peft_config,
         )  # fmt: skip
     else:
         trainer = PCLGRPOTrainer(
             model=base, reward_funcs=digit_reward, args=config, train_dataset=Dataset.from_list(grpo_rows()),
-            processing_class=tokenizer, callbacks=callbacks,
+            processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config,
         )  # fmt: skip
     resume = args.resume
     if resume in ("true", "True"):
@@ -172,7 +178,8 @@ def main(argv=None) -> int:
 
     if trainer.accelerator.is_main_process:
         params = saved_params(final)
-        embed = next(v for k, v in params.items() if k.endswith("embed_tokens.weight"))
+        # An adapter (--lora) saves no embedding matrix
+        embed = next((v for k, v in params.items() if k.endswith("embed_tokens.weight")), None)
         result = {
             "log_history": trainer.state.log_history,
             "global_step": trainer.state.global_step,
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
             "distributed_type": getattr(trainer.accelerator.distributed_type, "value", None),
             "marker_id": trainer.segment_tokens.marker_id,
             "len_tokenizer": len(tokenizer),
-            "embedding_rows": embed.shape[0],
+            "embedding_rows": None if embed is None else embed.shape[0],
             "checksum": sum(float(v.double().abs().sum()) for v in params.values()),
             "optimizer_at_first_step": recorder.record,
             "final_dir": final,

@@ -1,0 +1,366 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""LoRA / PEFT: the new marker's rows train with the adapter, in both trainers and every mode; the saved adapter and
+the merged model stop at the marker and read the same self-score; TRL's vLLM sync sends the trained marker row."""
+
+import contextlib
+import copy
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import addition_rows, cpu_args
+from datasets import Dataset
+
+
+peft = pytest.importorskip("peft")
+from peft import LoraConfig, PromptTuningConfig, get_peft_model  # noqa: E402
+
+from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer  # noqa: E402
+from pcl.adapters import FORMAT_FILE, fix_vllm_sync_names, train_marker_rows  # noqa: E402
+from pcl.features import answer_features  # noqa: E402
+from pcl.inference import generate  # noqa: E402
+from pcl.marker import load_pcl_model  # noqa: E402
+from pcl.readout import level_distribution, self_scores  # noqa: E402
+from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
+
+
+LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+PROMPTS = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(10) for b in range(10)]
+
+
+def parity_reward(completions, **kwargs):
+    return [float(len(c) % 2) for c in completions]
+
+
+def no_marker_model(tied: bool = False):
+    """A tiny model and tokenizer without the marker, so PCL adds it as a new token."""
+    tokenizer = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model, tokenizer
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    model, tokenizer = no_marker_model()
+    path = tmp_path / "base"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def grpo_trainer(model, tmp_path, peft_config, mode="teacher_forced", **config):
+    config = {
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "max_steps": 1,
+        "learning_rate": 1e-2,
+        "log_completions": False,
+        **config,
+    }
+    args = PCLGRPOConfig(output_dir=str(tmp_path / f"grpo-{mode}"), self_assessment_mode=mode, **cpu_args(**config))
+    return PCLGRPOTrainer(
+        model=model, reward_funcs=parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        peft_config=peft_config,
+    )  # fmt: skip
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---- the marker's rows in the adapter config ------------------------------------------------------------------------
+
+
+class TestTrainMarkerRows:
+    def test_untied_head_joins_modules_to_save_like_trls_added_tokens(self):
+        model, tokenizer = no_marker_model()
+        user = LoraConfig(**LORA)
+        config = train_marker_rows(user, model, 98)
+        assert config.trainable_token_indices == {"embed_tokens": [98]} and config.modules_to_save == ["lm_head"]
+        assert user.trainable_token_indices is None and user.modules_to_save is None  # the user's is not mutated
+
+    def test_the_users_indices_are_kept(self):
+        model, _ = no_marker_model()
+        config = train_marker_rows(LoraConfig(**LORA, trainable_token_indices=[3, 4]), model, 98)
+        assert config.trainable_token_indices == [3, 4, 98]
+        user = LoraConfig(**LORA, trainable_token_indices={"embed_tokens": [5], "lm_head": [5, 98]})
+        config = train_marker_rows(user, model, 98)
+        # The head already has the marker's row as trainable tokens: no full copy of the head
+        assert config.trainable_token_indices == {"embed_tokens": [5, 98], "lm_head": [5, 98]}
+        assert config.modules_to_save is None and user.trainable_token_indices["embed_tokens"] == [5]
+
+    def test_tied_embeddings_stay_tied(self):
+        model, _ = no_marker_model(tied=True)
+        model.resize_token_embeddings(99)
+        config = train_marker_rows(LoraConfig(**LORA), model, 98)
+        assert config.trainable_token_indices == {"embed_tokens": [98]} and config.modules_to_save is None
+        wrapped = get_peft_model(model, config)
+        extra = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
+        assert extra == ["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"]
+
+    def test_a_method_without_trainable_tokens_is_refused(self):
+        model, _ = no_marker_model()
+        config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+        with pytest.raises(ValueError, match="Use `peft.LoraConfig`, or set `self_assessment_marker` to an existing"):
+            train_marker_rows(config, model, 98)
+
+    def test_an_existing_marker_token_leaves_the_config_alone(self, model_dir, tmp_path):
+        """The conftest model already has the marker: the user's LoRA config is used as given."""
+        trainer = grpo_trainer(model_dir, tmp_path, LoraConfig(**LORA))
+        config = trainer.model.peft_config["default"]
+        assert config.trainable_token_indices is None and config.modules_to_save is None
+
+
+# ---- trainers -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["teacher_forced", "generated", "both"])
+def test_grpo_lora_every_mode_trains_the_marker_rows(base_dir, tmp_path, mode):
+    user = LoraConfig(**LORA)
+    trainer = grpo_trainer(base_dir, tmp_path, user, mode=mode, max_steps=2)
+    marker = trainer.segment_tokens.marker_id
+    config = trainer.model.peft_config["default"]
+    assert config.trainable_token_indices == {"embed_tokens": [marker]} and "lm_head" in config.modules_to_save
+    assert user.trainable_token_indices is None and user.modules_to_save is None
+    head = trainer.model.get_output_embeddings()
+    assert type(head).__name__ == "ModulesToSaveWrapper" and head.weight.requires_grad
+    before = trainable(trainer.model)
+    trainer.train()
+    after = trainable(trainer.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any("lora_B" in n for n in changed)
+    assert "base_model.model.lm_head.modules_to_save.default.weight" in changed
+    if mode == "teacher_forced":  # the model writes the marker itself in the other modes: not within two steps
+        assert "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default" in changed
+    log = trainer.state.log_history[-1]
+    assert "self_assessment/loss" in log and torch.isfinite(torch.tensor(log["train_loss"]))
+
+
+def test_grpo_lora_on_tied_embeddings_reads_the_head_through_trainable_tokens(tmp_path):
+    """Tied embeddings: the head is PEFT's trainable-tokens wrapper (no `bias` of its own), which TRL's fused head and
+    PCL's readout of the level rows (the Brier metric) both read; the tied marker row trains."""
+    model, tokenizer = no_marker_model(tied=True)
+    path = tmp_path / "tied"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    trainer = grpo_trainer(str(path), tmp_path, LoraConfig(**LORA), max_steps=2)
+    assert type(trainer.model.get_output_embeddings()).__name__ == "TrainableTokensWrapper"
+    before = trainable(trainer.model)
+    trainer.train()
+    delta = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"
+    assert not torch.equal(before[delta], trainable(trainer.model)[delta])
+    assert "self_assessment/brier" in trainer.state.log_history[0]
+
+
+@pytest.fixture
+def lora_sft(base_dir, tmp_path):
+    """LoRA PCL-SFT from a base model without the marker: the trainer, and the segment NLL at the first and last log."""
+    args = PCLSFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        **cpu_args(max_steps=30, per_device_train_batch_size=10, learning_rate=1e-2, logging_steps=5),
+    )
+    user = LoraConfig(**LORA)
+    trainer = PCLSFTTrainer(base_dir, args=args, train_dataset=Dataset.from_list(addition_rows()), peft_config=user)
+    assert user.trainable_token_indices is None and user.modules_to_save is None
+    trainer.train()
+    nll = [h["self_assessment/nll"] for h in trainer.state.log_history if "self_assessment/nll" in h]
+    return trainer, nll
+
+
+def test_lora_sft_then_grpo(lora_sft, tmp_path):
+    trainer, nll = lora_sft
+    assert nll[-1] < 0.7 * nll[0], nll
+    marker = trainer.segment_tokens.marker_id
+    assert trainer.model.peft_config["default"].trainable_token_indices == {"embed_tokens": [marker]}
+
+    adapter_dir = str(tmp_path / "adapter")
+    trainer.save_model(adapter_dir)
+    files = set(os.listdir(adapter_dir))
+    assert {"adapter_config.json", "adapter_model.safetensors", FORMAT_FILE, "generation_config.json"} <= files
+    assert "config.json" not in files  # transformers would take the folder for a complete model
+    with open(os.path.join(adapter_dir, "generation_config.json")) as f:
+        assert marker in json.load(f)["eos_token_id"]
+
+    merged_dir = str(tmp_path / "merged")
+    trainer.model.merge_and_unload().save_pretrained(merged_dir)
+    trainer.processing_class.save_pretrained(merged_dir)
+
+    # GRPO with a fresh adapter on the merged model: the marker is an existing token now, its rows trained already
+    grpo = grpo_trainer(merged_dir, tmp_path, LoraConfig(**LORA), max_steps=2)
+    assert grpo.segment_tokens.marker_id == marker
+    assert grpo.model.peft_config["default"].modules_to_save is None
+    grpo.train()
+    assert grpo.state.log_history[0]["self_assessment/frac_with_segment"] == 1.0
+
+
+def test_adapter_and_merged_model_stop_at_the_marker_and_agree(lora_sft, tmp_path):
+    trainer, _ = lora_sft
+    adapter_dir, merged_dir = str(tmp_path / "adapter"), str(tmp_path / "merged")
+    trainer.save_model(adapter_dir)
+    # Merge a copy: the trainer's adapter stays for comparison
+    copy.deepcopy(trainer.model).merge_and_unload().save_pretrained(merged_dir)
+    trainer.processing_class.save_pretrained(merged_dir)
+
+    adapter, tokenizer, tokens = load_pcl_model(adapter_dir)
+    merged, merged_tokenizer, merged_tokens = load_pcl_model(merged_dir)
+    assert isinstance(adapter, peft.PeftModel) and type(merged).__name__ == "LlamaForCausalLM"
+    assert tokens == merged_tokens == trainer.segment_tokens
+
+    prompts = [r["prompt"] for r in addition_rows(20)]
+    for model, tok in ((adapter, tokenizer), (merged, merged_tokenizer)):
+        out = generate(model, tok, prompts, max_new_tokens=8, show_progress=False)
+        assert all(g.tokens_after_marker == 0 for g in out)
+        assert sum(g.stop == "marker" for g in out) >= 15, [g.stop for g in out]
+
+    completions = [f" {i % 19}" for i in range(20)]
+    trained = self_scores(trainer.model, trainer.processing_class, prompts, completions)
+    from_adapter = self_scores(adapter, tokenizer, prompts, completions)
+    from_merged = self_scores(merged, merged_tokenizer, prompts, completions)
+    assert torch.allclose(torch.tensor(from_adapter), torch.tensor(from_merged), atol=1e-5)
+    assert torch.allclose(torch.tensor(trained), torch.tensor(from_adapter), atol=1e-5)
+    # Every readout takes the PeftModel: hidden states at the answer end (probes), token log-probs, and the self-score
+    # read from the KV cache while generating
+    feats = [
+        answer_features(m, t, prompts, completions) for m, t in ((adapter, tokenizer), (merged, merged_tokenizer))
+    ]
+    np.testing.assert_allclose(feats[0].hidden, feats[1].hidden, atol=1e-5)
+    np.testing.assert_allclose(feats[0].level_probs, feats[1].level_probs, atol=1e-5)
+    for a, b in zip(feats[0].token_logprobs, feats[1].token_logprobs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    scored = [
+        [g.self_score for g in generate(m, t, prompts[:4], max_new_tokens=8, show_progress=False, self_score=True)]
+        for m, t in ((adapter, tokenizer), (merged, merged_tokenizer))
+    ]
+    assert scored[0] == pytest.approx(scored[1], abs=1e-5) and all(x is not None for x in scored[0])
+
+    # The adapter is what the readout reads: without it the level distribution is another one
+    trained_levels = level_distribution(adapter, tokenizer, prompts, completions)
+    with adapter.disable_adapter():
+        base_levels = level_distribution(adapter, tokenizer, prompts, completions)
+    assert abs(trained_levels - base_levels).max() > 0.1
+
+
+def test_an_adapter_without_the_pcl_files_is_refused(lora_sft, tmp_path):
+    trainer, _ = lora_sft
+    plain = str(tmp_path / "plain")
+    trainer.model.save_pretrained(plain)  # PEFT's own save: no tokenizer, no PCL format
+    with pytest.raises(FileNotFoundError, match="is a PEFT adapter but not a PCL one"):
+        load_pcl_model(plain)
+
+
+# ---- vLLM weight sync -----------------------------------------------------------------------------------------------
+
+
+def mock_vllm(model, received: dict):
+    """TRL's `VLLMGeneration` in colocate mode with vLLM mocked: its `load_weights` keeps what it receives."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    def load_weights(weights):
+        for name, tensor in weights:
+            received[name] = tensor.clone()  # vLLM copies into its own buffers; TRL unmerges afterwards
+
+    gen = object.__new__(VLLMGeneration)
+    runner = SimpleNamespace(model=SimpleNamespace(load_weights=load_weights))
+    engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
+    gen.llm = SimpleNamespace(llm_engine=engine, reset_prefix_cache=lambda: None)
+    gen.model, gen.mode, gen.enable_sleep_mode, gen.accelerator = model, "colocate", False, None
+    gen._dist = SimpleNamespace(is_fsdp=False, gather_params=lambda params: contextlib.nullcontext())
+    gen.generation_kwargs = {}
+    return gen
+
+
+def vllm_sync(model, fix: bool) -> dict[str, torch.Tensor]:
+    """What TRL's colocate weight sync hands vLLM's `load_weights` for a PEFT model."""
+    received = {}
+    gen = mock_vllm(model, received)
+    if fix:
+        fix_vllm_sync_names(gen)
+    gen.sync_weights()
+    return received
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_vllm_sync_sends_the_trained_marker_row_under_vllms_names(tied):
+    model, _ = no_marker_model(tied=tied)
+    tokenizer = build_char_tokenizer()
+    model.resize_token_embeddings(len(tokenizer))
+    marker = len(tokenizer) - 1
+    wrapped = get_peft_model(model, train_marker_rows(LoraConfig(**LORA), model, marker))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a "trained" adapter: every trainable tensor moved
+        for p in wrapped.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+
+    # TRL alone sends PEFT's trainable-tokens names, which vLLM's load_weights does not know
+    unfixed = vllm_sync(wrapped, fix=False)
+    assert "model.embed_tokens.token_adapter.weight" in unfixed and "model.embed_tokens.weight" not in unfixed
+
+    sent = vllm_sync(wrapped, fix=True)
+    expected = copy.deepcopy(wrapped).merge_and_unload().state_dict()
+    if tied:  # vLLM ties the head itself: a tied checkpoint has no separate lm_head
+        expected.pop("lm_head.weight")
+    assert sorted(sent) == sorted(expected)
+    assert not any(k in n for n in sent for k in ("token_adapter", "trainable_tokens", "modules_to_save", "lora_"))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(sent[name], tensor, rtol=0, atol=1e-6)
+    # The marker row vLLM gets is the trained one (the delta), not the base's
+    delta = wrapped.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"]
+    torch.testing.assert_close(sent["model.embed_tokens.weight"][marker], delta[0], rtol=0, atol=0)
+
+
+def test_pcl_grpo_with_vllm_syncs_the_marker_row(base_dir, tmp_path, monkeypatch):
+    """PCL-GRPO installs the renaming on the trainer's own vLLM backend (TRL's class, vLLM mocked)."""
+    from trl.trainer import grpo_trainer as grpo_module
+
+    received = {}
+    monkeypatch.setattr(grpo_module, "VLLMGeneration", lambda model, **kwargs: mock_vllm(model, received))
+    trainer = grpo_trainer(base_dir, tmp_path, LoraConfig(**LORA), use_vllm=True, vllm_mode="colocate")
+    marker = trainer.segment_tokens.marker_id
+    with torch.no_grad():
+        trainer.model.get_base_model().model.embed_tokens.token_adapter.trainable_tokens_delta["default"].add_(1.0)
+    trainer.vllm_generation.sync_weights()
+    assert "model.embed_tokens.weight" in received and not any("token_adapter" in n for n in received)
+    expected = copy.deepcopy(trainer.model).merge_and_unload().state_dict()
+    assert sorted(received) == sorted(expected)
+    torch.testing.assert_close(received["model.embed_tokens.weight"], expected["model.embed_tokens.weight"])
+    assert not torch.equal(received["model.embed_tokens.weight"][marker], received["model.embed_tokens.weight"][1])
+
+
+# ---- README ---------------------------------------------------------------------------------------------------------
+
+
+def test_readme_lora_snippet(base_dir, tmp_path, monkeypatch):
+    from conftest import readme_python_block
+
+    code = readme_python_block("### LoRA / PEFT")
+    code = code.replace('load_dataset("trl-lib/DeepMath-103K", split="train")', "Dataset.from_list(ROWS)")
+    code = code.replace('"Qwen/Qwen2.5-7B-Instruct"', repr(base_dir))
+    code = code.replace(
+        'PCLGRPOConfig(output_dir="qwen-pcl-lora")', 'PCLGRPOConfig(output_dir="qwen-pcl-lora", **TINY)'
+    )
+    assert code.count("ROWS") == 1 and code.count("TINY") == 1 and base_dir in code
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{a} + {b} ="}], "solution": str(a + b)}
+        for a in range(10)
+        for b in range(10)
+    ]
+    tiny = cpu_args(per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2)
+    monkeypatch.chdir(tmp_path)  # the snippet's relative output folders
+    namespace = {"Dataset": Dataset, "ROWS": rows, "TINY": {**tiny, "log_completions": False}}
+    exec(compile(code, "README.md", "exec"), namespace)
+
+    marker = namespace["tokens"].marker_id
+    assert namespace["trainer"].model.peft_config["default"].trainable_token_indices == {"embed_tokens": [marker]}
+    assert isinstance(namespace["model"], peft.PeftModel) and 0.0 <= namespace["confidence"][0] <= 1.0
+    merged, tokenizer, tokens = load_pcl_model(str(tmp_path / "qwen-pcl-merged"))
+    assert tokens == namespace["tokens"] and marker in merged.generation_config.eos_token_id
+    again = self_scores(merged, tokenizer, [[{"role": "user", "content": "What is 2 + 2?"}]], [" 4"])
+    assert abs(again[0] - namespace["confidence"][0]) < 1e-5
