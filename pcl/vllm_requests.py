@@ -85,9 +85,13 @@ def score_sampling_kwargs(tokens: SegmentTokens) -> dict:
     Run on an engine built with `logprobs_mode="processed_logprobs"`: vLLM then reports the log-softmax of the logits
     masked to `allowed_token_ids`, so every level gets a (finite) logprob in the top `len(levels)`. With the default
     raw logprobs, levels outside the vocabulary-wide top-k would be missing ([`self_score_from_logprobs`] refuses that).
+    Processed logprobs also include the penalties, so they are pinned to neutral: `vllm serve` fills a field the
+    request leaves unset from the checkpoint's generation config (Qwen2.5 instruct models set `repetition_penalty`
+    1.05-1.1), and a repetition penalty would shift the level digits that occur in the prompt or answer.
     """
     levels = list(tokens.level_ids)
-    return {"max_tokens": 1, "temperature": 0.0, "logprobs": len(levels), "allowed_token_ids": levels}
+    neutral = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    return {"max_tokens": 1, "temperature": 0.0, "logprobs": len(levels), "allowed_token_ids": levels, **neutral}
 
 
 def self_score_from_logprobs(logprobs: Mapping, tokens: SegmentTokens, temperature: float = 1.0) -> float:
