@@ -4,9 +4,9 @@
 Pure functions of token ids and dictionaries (vLLM itself is not imported), so they are tested on any machine;
 `recipes/deploy_vllm.py` runs them against a real engine.
 
-vLLM stops at its tokenizer's EOS and, unless `ignore_eos=True`, at every EOS id of the checkpoint's
-`generation_config.json`, which for a PCL checkpoint lists the marker. Stop ids are kept in the returned token ids
-(only the text drops them).
+Unless `ignore_eos=True`, vLLM stops at its tokenizer's EOS and at every EOS id of the checkpoint's
+`generation_config.json`, which for a PCL checkpoint lists the marker; with `ignore_eos=True` it stops at
+`stop_token_ids` only. Stop ids are kept in the returned token ids (only the text drops them).
 """
 
 import json
