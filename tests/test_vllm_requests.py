@@ -32,7 +32,8 @@ from pcl.vllm_requests import (
 
 MODES = ["teacher_forced", "generated", "both"]
 # Keyword arguments of vLLM's `SamplingParams` and fields of its OpenAI `/v1/completions` request (vLLM 0.2x): the
-# stand-in engines refuse anything else, as vLLM would (the server's request model forbids extra fields)
+# stand-in engines refuse anything else. `SamplingParams` would raise too; the server only logs unknown fields and
+# ignores them, so there a misspelt key would silently change nothing
 SAMPLING_PARAMS = {
     "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
     "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
