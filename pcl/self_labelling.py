@@ -5,8 +5,8 @@ A recipe's SFT stage with `self_labelled: {task: ..., max_new_tokens: ...}` trai
 evaluation track's data), and the benchmark fits its baselines on the same rows. Generating them is a pass of
 generation over the whole task, so it is done once per run:
 
-- sharded across the ranks of an `accelerate` launch (each rank answers its share of the prompts, the answers are
-  gathered to every rank), not repeated on each rank;
+- sharded across the ranks of an `accelerate` launch (each rank answers its share of the prompts and scores its share
+  of the answers; answers and rewards are gathered to every rank), not repeated on each rank;
 - in batches of prompts of similar length (sorted by length, longest first, then put back in the task's order), so
   batches pad little and an out-of-memory error shows in the first batch;
 - with a progress bar on the main process;
@@ -16,7 +16,8 @@ generation over the whole task, so it is done once per run:
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
@@ -53,12 +54,30 @@ def generate_sharded(
     kwargs.setdefault("show_progress", True)
     kwargs["show_progress"] = kwargs["show_progress"] and state.is_main_process
     gens = inference.generate(model, tokenizer, [prompts[i] for i in mine], **kwargs) if mine else []
-    pairs = list(zip(mine, gens, strict=True))
-    if state.num_processes > 1:
+    return _gathered(list(zip(mine, gens, strict=True)), len(prompts))
+
+
+def score_sharded(reward_func: Callable, data, completions: Sequence) -> list[float | None]:
+    """`pcl.tasks.score_completions` of `completions` (one per row of the dataset `data`), split across the ranks of
+    the current launch; every rank gets every reward, in order.
+
+    Each answer is scored once: a reward that runs a verifier or calls a judge costs each rank 1/N of the task, and
+    every rank gets the same rewards even from a reward function that is not deterministic (rows that differ between
+    ranks would give them datasets of different lengths).
+    """
+    state = PartialState()
+    mine = list(range(state.process_index, len(completions), state.num_processes))
+    rewards = score_completions(reward_func, data.select(mine), [completions[i] for i in mine]) if mine else []
+    return _gathered(list(zip(mine, rewards, strict=True)), len(completions))
+
+
+def _gathered(pairs: list[tuple[int, Any]], n: int) -> list:
+    """This rank's `(index, value)` pairs, gathered from every rank into one list of `n` values in index order."""
+    if PartialState().num_processes > 1:
         pairs = gather_object(pairs)
-    result = [None] * len(prompts)
-    for i, gen in pairs:
-        result[i] = gen
+    result = [None] * n
+    for i, value in pairs:
+        result[i] = value
     return result
 
 
@@ -85,7 +104,7 @@ def self_labelled_rows(
     gens = generate_sharded(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
     answers = [" " + g.text.strip() for g in gens]
     func = make_reward_func(task) if reward == ["task"] else resolve_reward_func(reward[0])
-    rewards = score_completions(func, data, [a.strip() for a in answers])
+    rewards = score_sharded(func, data, [a.strip() for a in answers])
     # Truncated answers stay: deployment truncates too, and their score is read the same way
     keep = [i for i, r in enumerate(rewards) if r is not None]
     if not keep:

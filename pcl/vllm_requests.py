@@ -4,9 +4,9 @@
 Pure functions of token ids and dictionaries (vLLM itself is not imported), so they are tested on any machine;
 `recipes/deploy_vllm.py` runs them against a real engine.
 
-vLLM stops at its tokenizer's EOS and, unless `ignore_eos=True`, at every EOS id of the checkpoint's
-`generation_config.json`, which for a PCL checkpoint lists the marker. Stop ids are kept in the returned token ids
-(only the text drops them).
+Unless `ignore_eos=True`, vLLM stops at its tokenizer's EOS and at every EOS id of the checkpoint's
+`generation_config.json`, which for a PCL checkpoint lists the marker; with `ignore_eos=True` it stops at
+`stop_token_ids` only. Stop ids are kept in the returned token ids (only the text drops them).
 """
 
 import json
@@ -85,9 +85,13 @@ def score_sampling_kwargs(tokens: SegmentTokens) -> dict:
     Run on an engine built with `logprobs_mode="processed_logprobs"`: vLLM then reports the log-softmax of the logits
     masked to `allowed_token_ids`, so every level gets a (finite) logprob in the top `len(levels)`. With the default
     raw logprobs, levels outside the vocabulary-wide top-k would be missing ([`self_score_from_logprobs`] refuses that).
+    Processed logprobs also include the penalties, so they are pinned to neutral: `vllm serve` fills a field the
+    request leaves unset from the checkpoint's generation config (Qwen2.5 instruct models set `repetition_penalty`
+    1.05-1.1), and a repetition penalty would shift the level digits that occur in the prompt or answer.
     """
     levels = list(tokens.level_ids)
-    return {"max_tokens": 1, "temperature": 0.0, "logprobs": len(levels), "allowed_token_ids": levels}
+    neutral = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    return {"max_tokens": 1, "temperature": 0.0, "logprobs": len(levels), "allowed_token_ids": levels, **neutral}
 
 
 def self_score_from_logprobs(logprobs: Mapping, tokens: SegmentTokens, temperature: float = 1.0) -> float:

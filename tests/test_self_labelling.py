@@ -1,7 +1,7 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Self-labelling in one process: length-sorted batches, answers back in the task's order, a progress bar only where
-asked. Sharding across ranks and the cache under a launch: tests/distributed/test_self_labelling.py; the cache on
-resume: tests/test_recipe.py."""
+asked. Sharding across ranks and the cache under a launch: tests/distributed/test_distributed_self_labelling.py; the
+cache on resume: tests/test_recipe.py."""
 
 import pcl.inference
 from pcl.inference import encode_prompt

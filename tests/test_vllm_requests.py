@@ -32,7 +32,8 @@ from pcl.vllm_requests import (
 
 MODES = ["teacher_forced", "generated", "both"]
 # Keyword arguments of vLLM's `SamplingParams` and fields of its OpenAI `/v1/completions` request (vLLM 0.2x): the
-# stand-in engines refuse anything else, as vLLM would (the server's request model forbids extra fields)
+# stand-in engines refuse anything else. `SamplingParams` would raise too; the server only logs unknown fields and
+# ignores them, so there a misspelt key would silently change nothing
 SAMPLING_PARAMS = {
     "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
     "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
@@ -256,7 +257,8 @@ def test_answer_sampling_kwargs(fmt, tokenizer, tiny_model):
     assert out == {"temperature": 0.0, "max_tokens": 8, "stop_token_ids": [3, tokens.marker_id]}
     assert score_sampling_kwargs(tokens) == {
         "max_tokens": 1, "temperature": 0.0, "logprobs": len(tokens.level_ids),
-        "allowed_token_ids": list(tokens.level_ids),
+        "allowed_token_ids": list(tokens.level_ids), "repetition_penalty": 1.0, "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
     }  # fmt: skip
 
 
@@ -302,6 +304,59 @@ def test_score_request_of_an_eos_stop(fmt, tokenizer, tiny_model):
     assert score_prompt_ids([1, 2], [7, 8, tokens.eos_id], tokens) == [1, 2, 7, 8, tokens.marker_id]
     assert score_prompt_ids([1, 2], [7, 8, tokens.marker_id], tokens) == [1, 2, 7, 8, tokens.marker_id]
     assert score_prompt_ids([1], [7, 8], tokens) == [1, 7, 8, tokens.marker_id]  # cut at max_tokens
+
+
+# What `vllm serve` does with a completions request that leaves a sampling field unset: it takes it from the
+# checkpoint's generation config (`--generation-config auto`, the default), else from SamplingParams' default
+# (vLLM's `CompletionRequest.to_sampling_params`)
+SERVER_DEFAULTS = {"repetition_penalty": 1.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0}
+
+
+def served_top_logprobs(model, request: dict) -> dict:
+    """`choices[0]["logprobs"]["top_logprobs"][0]` of a one-token `/v1/completions` request to `vllm serve
+    --logprobs-mode processed_logprobs`, computed with transformers in vLLM's sampler order: the allowed-token mask,
+    then the penalties (repetition over prompt and output tokens; presence and frequency over the output, empty
+    here), then, for a greedy request, the log-softmax of those processed logits."""
+    saved = model.generation_config
+    params = {k: request.get(k, getattr(saved, k, None) or v) for k, v in SERVER_DEFAULTS.items()}
+    assert params["temperature"] == 0.0 and request["max_tokens"] == 1  # the greedy path: no temperature, no top-p/k
+    with torch.no_grad():
+        logits = model(torch.tensor([request["prompt"]])).logits[0, -1].double()
+    masked = torch.full_like(logits, -math.inf)
+    masked[request["allowed_token_ids"]] = logits[request["allowed_token_ids"]]
+    seen = list(set(request["prompt"]))
+    penalty = params["repetition_penalty"]
+    masked[seen] = torch.where(masked[seen] > 0, masked[seen] / penalty, masked[seen] * penalty)
+    logprobs = masked.log_softmax(-1)
+    top = sorted(request["allowed_token_ids"], key=lambda i: -logprobs[i].item())[: request["logprobs"]]
+    return {f"token_id:{i}": logprobs[i].item() for i in top}
+
+
+def test_served_score_ignores_the_checkpoints_sampling_defaults(tokenizer, tiny_model, tmp_path):
+    """Behind `vllm serve`, fields a request leaves unset come from the checkpoint's generation config (Qwen2.5
+    instruct models set `repetition_penalty` 1.05-1.1), and processed logprobs include the repetition penalty, which
+    hits the level digits a math prompt holds: the score request must pin every penalty to neutral."""
+    fmt = SegmentFormat()
+    tokens = prepare_model(tiny_model, tokenizer, fmt)
+    tiny_model.generation_config.repetition_penalty = 1.3
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    _, ckpt_tokens, temperature = checkpoint_segment(str(tmp_path / "ckpt"))
+
+    prompts, answers = ["12 + 30 =", "7 + 6 =", "99 - 1 ="], [" 42", " 13", " 98"]
+    expected = self_scores(tiny_model, tokenizer, prompts, answers)
+    scores = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        generated = tokenizer.encode(answer, add_special_tokens=False) + [tokens.marker_id]
+        request = {
+            "model": "ckpt", "prompt": score_prompt_ids(encode_prompt(tokenizer, prompt), generated, ckpt_tokens),
+            "return_tokens_as_token_ids": True, **score_sampling_kwargs(ckpt_tokens),
+        }  # fmt: skip
+        assert set(request) <= COMPLETION_REQUEST, set(request) - COMPLETION_REQUEST
+        top = served_top_logprobs(tiny_model, request)
+        scores.append(self_score_from_logprobs({int(k.split(":")[1]): v for k, v in top.items()}, ckpt_tokens,
+                                               temperature))  # fmt: skip
+    assert scores == pytest.approx(expected, abs=1e-5)
 
 
 def test_missing_level_logprob_is_refused(fmt, tokenizer, tiny_model):

@@ -7,8 +7,8 @@ test_self_labelling.py:
         --dynamo_backend no tests/distributed/self_label_tiny.py /tmp/out
 
 Runs the quickstart recipe's `assess` stage labelling twice: fresh, then resumed. Each rank writes
-OUTPUT_DIR/rank{i}.json: the prompts it generated answers for in each run (recorded around `pcl.inference.generate`),
-the rows it got back, and the world size.
+OUTPUT_DIR/rank{i}.json: the prompts it generated answers for and the answers it scored in each run (recorded around
+`pcl.inference.generate` and the reward call), the rows it got back, and the world size.
 """
 
 import json
@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from accelerate import PartialState  # noqa: E402
 
 import pcl.inference  # noqa: E402
+import pcl.self_labelling  # noqa: E402
 from pcl.recipe import load_recipe  # noqa: E402
 from pcl.self_labelling import cached_self_labelled_rows  # noqa: E402
 from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
@@ -48,19 +49,25 @@ def main(output_dir: str) -> None:
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
 
-    generated, real = [], pcl.inference.generate
+    generated, scored = [], []
+    real_generate, real_score = pcl.inference.generate, pcl.self_labelling.score_completions
 
-    def recording(model, tokenizer, prompts, **kwargs):
+    def recording_generate(model, tokenizer, prompts, **kwargs):
         generated[-1].extend(prompts)
-        return real(model, tokenizer, prompts, **kwargs)
+        return real_generate(model, tokenizer, prompts, **kwargs)
 
-    pcl.inference.generate = recording
+    def recording_score(func, data, completions):
+        scored[-1].extend(zip(data["prompt"], completions, strict=True))
+        return real_score(func, data, completions)
+
+    pcl.inference.generate, pcl.self_labelling.score_completions = recording_generate, recording_score
     runs = []
     for resume in (False, True):
         generated.append([])
+        scored.append([])
         runs.append(cached_self_labelled_rows(stage, model, tokenizer, resume=resume))
     with open(os.path.join(output_dir, f"rank{state.process_index}.json"), "w") as f:
-        json.dump({"world": state.num_processes, "generated": generated, "rows": runs}, f)
+        json.dump({"world": state.num_processes, "generated": generated, "scored": scored, "rows": runs}, f)
 
 
 if __name__ == "__main__":

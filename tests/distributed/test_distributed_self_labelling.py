@@ -1,6 +1,6 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
-"""Self-labelling under 2-process DDP on CPU (gloo): each prompt is answered once, by one rank, and every rank gets
-the rows one process makes (`self_label_tiny.py`)."""
+"""Self-labelling under 2-process DDP on CPU (gloo): each prompt is answered and each answer scored once, by one rank,
+and every rank gets the rows one process makes (`self_label_tiny.py`)."""
 
 import json
 import subprocess
@@ -31,7 +31,7 @@ def label(mode: str, output_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(output_dir.glob("rank*.json"))]
 
 
-def test_each_prompt_is_answered_once_and_rows_match_one_process(tmp_path):
+def test_each_prompt_is_answered_and_scored_once_and_rows_match_one_process(tmp_path):
     (single,) = label("single", tmp_path / "single")
     ranks = label("ddp", tmp_path / "ddp")
     assert single["world"] == 1 and [r["world"] for r in ranks] == [2, 2]
@@ -41,10 +41,14 @@ def test_each_prompt_is_answered_once_and_rows_match_one_process(tmp_path):
     assert all(fresh) and sorted(fresh[0] + fresh[1]) == sorted(prompts)  # every prompt, each on one rank only
     assert abs(len(fresh[0]) - len(fresh[1])) <= 1
     assert sorted(single["generated"][0]) == sorted(prompts)
+    # Each answer is scored by the stage's reward once, by one rank
+    scored = [r["scored"][0] for r in ranks]
+    assert all(scored) and sorted(map(tuple, scored[0] + scored[1])) == sorted(map(tuple, single["scored"][0]))
+    assert len(single["scored"][0]) == len(prompts) and abs(len(scored[0]) - len(scored[1])) <= 1
     # Greedy answers: the gathered rows are the single process's, in the same order, on every rank
     assert ranks[0]["rows"][0] == ranks[1]["rows"][0] == single["rows"][0]
     assert len(single["rows"][0]) > 0
     # Written once (by the main process), and a resumed run reads them back without generating
     assert load_fit_rows(tmp_path / "ddp" / "assess" / "self_labelled.jsonl") == single["rows"][0]
-    assert [r["generated"][1] for r in ranks] == [[], []]
+    assert [r["generated"][1] for r in ranks] == [r["scored"][1] for r in ranks] == [[], []]
     assert ranks[0]["rows"][1] == ranks[1]["rows"][1] == single["rows"][0]
