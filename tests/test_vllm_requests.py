@@ -473,9 +473,9 @@ def test_readme_vllm_config(engine_patch, model_dir, tokenizer, tmp_path):
     engine.tokens, engine.tokenizer = trainer.segment_tokens, tokenizer
     trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
     (sampling,) = engine.calls
-    assert sampling["seed"] == 0 and sampling["presence_penalty"] == 0.5 and sampling["ignore_eos"] is True
+    assert sampling["seed"] == 0 and sampling["top_k"] == 50 and sampling["ignore_eos"] is True
     assert sampling["stop_token_ids"] == list(trainer.segment_tokens.eos_ids)
-    assert namespace["args"].generation_kwargs == {"seed": 0, "presence_penalty": 0.5}
+    assert namespace["args"].generation_kwargs == {"seed": 0, "top_k": 50}
 
 
 def test_readme_vllm_deploy(tokenizer, tiny_model, tmp_path, monkeypatch):
