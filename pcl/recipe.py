@@ -164,6 +164,11 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
         raise ValueError(f"Unknown options {unused}: not a field of any stage's config.")
     if not stages:
         raise ValueError(f"Recipe {path!r} has no stages.")
+    for key, spec in recipe_datasets(recipe, stages, training_only=True).items():
+        if spec.dataset_test_split is not None:  # the held-out split is for `calibrate`; training on it leaks
+            raise ValueError(
+                f"`{key}` trains on a test split ({spec.dataset_test_split!r}): use `dataset_train_split`."
+            )
     check_disjoint(
         recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", DEFAULT_TOLERANCE)
     )  # index ranges: cheap
