@@ -153,12 +153,15 @@ def _load(spec: TaskSpec) -> datasets.Dataset:
     name, split = spec.dataset_name, spec.dataset_split
     what = f"dataset {name!r} (config {spec.dataset_config!r}, split {split!r})"
     try:
+        # Local data is read afresh: `datasets` caches a local directory under a key that can stay the same when its
+        # files change (seen with datasets 5.2 on a Hub-style directory rewritten elsewhere), serving the old rows
+        fresh = {"download_mode": "force_redownload"} if os.path.exists(name) else {}
         if os.path.isfile(name):  # one data file: `load_dataset` wants its builder, and names its one split 'train'
             builder = _FILE_BUILDERS.get(Path(name).suffix.lower())
             if builder is None:
                 raise ValueError(f"unknown file type; use one of {sorted(_FILE_BUILDERS)} or a dataset directory")
-            return datasets.load_dataset(builder, data_files=name, split=split)
-        return datasets.load_dataset(name, spec.dataset_config, split=split)
+            return datasets.load_dataset(builder, data_files=name, split=split, **fresh)
+        return datasets.load_dataset(name, spec.dataset_config, split=split, **fresh)
     except Exception as e:
         # `datasets` says what failed, not which recipe key fixes it
         raise ValueError(
