@@ -155,7 +155,7 @@ def _load(spec: TaskSpec) -> datasets.Dataset:
     try:
         # Local data is read afresh: `datasets` caches a local directory under a key that can stay the same when its
         # files change (seen with datasets 5.2 on a Hub-style directory rewritten elsewhere), serving the old rows
-        fresh = {"download_mode": "force_redownload"} if os.path.exists(name) else {}
+        fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if os.path.exists(name) else {}
         if os.path.isfile(name):  # one data file: `load_dataset` wants its builder, and names its one split 'train'
             builder = _FILE_BUILDERS.get(Path(name).suffix.lower())
             if builder is None:
