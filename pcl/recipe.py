@@ -109,7 +109,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ValueError(f"Option `{arg}` needs a value.")
             value, i = argv[i + 1], i + 1
-        if "." in key or key in ("output_dir", "overlap_tolerance"):  # recipe keys, not trainer options
+        if "." in key or key in RECIPE_KEYS:  # recipe keys (`--calibrate null` drops it), not trainer options
             nested[key] = yaml.safe_load(value)
         else:
             flags += [f"--{key}", value]
