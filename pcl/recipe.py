@@ -441,4 +441,8 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
                     model, task, os.path.join(recipe["output_dir"], "calibration"),
                     train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages), **spec,
                 )  # fmt: skip
+            from .tracking import log_calibration  # the trainers are gone: send the benchmark to their trackers
+
+            log_calibration(result["calibration"], os.path.join(recipe["output_dir"], "calibration"),
+                            list(dict.fromkeys(t for s in stages for t in s.args.report_to)), recipe["output_dir"])  # fmt: skip
     return result
