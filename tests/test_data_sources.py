@@ -172,3 +172,33 @@ def test_local_dataset_rewritten_is_read_afresh(tmp_path):
         gsm_spec(write_gsm8k_like(tmp_path / "b" / "gsm8k", n_test=2, shared=2), dataset_test_split="test")
     )
     assert first["prompt"] == gsm8k_rows(10_000, 2)["question"] and second["prompt"] == gsm8k_rows(0, 2)["question"]
+
+
+def test_readme_dataset_snippets(tmp_path):
+    """README, "Datasets from the Hub and from files": the recipe excerpt and the Python block, on a local
+    GSM8K-shaped dataset in place of `openai/gsm8k`."""
+    import re
+    from pathlib import Path
+
+    import yaml
+    from conftest import readme_python_block
+
+    path = write_gsm8k_like(tmp_path / "gsm8k", n_train=4600, n_test=5)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Datasets from the Hub and from files") :]
+    recipe = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", section, re.S)[0].replace("openai/gsm8k", path))
+    sets = {"stages.grpo.task": TaskSpec.from_dict(recipe["stages"]["grpo"]["task"]),
+            "calibrate.task": TaskSpec.from_dict(recipe["calibrate"]["task"])}  # fmt: skip
+    prompts = {k: load_task(v)["prompt"] for k, v in sets.items()}
+    assert [len(p) for p in prompts.values()] == [100, 5]
+    assert check_disjoint(sets, prompts=prompts)[0]["shared_prompts"] == 0
+    data = load_task(sets["stages.grpo.task"])
+    reward = resolve_reward_func(recipe["stages"]["grpo"]["reward"])
+    assert score_completions(reward, data, [f"#### {a}" for a in data["answer"][:99]] + ["#### 0"]) == [1.0] * 99 + [
+        0.0
+    ]
+
+    namespace = {}
+    exec(readme_python_block("### Datasets from the Hub and from files").replace("openai/gsm8k", path), namespace)
+    assert len(namespace["data"]) == 2000 and namespace["data"][0]["answer"] == "1003"
+    assert namespace["data"].column_names == ["prompt", "answer", "task", "entry"]

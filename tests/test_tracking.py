@@ -152,3 +152,20 @@ def test_recipe_logs_calibration_to_tensorboard(tmp_path, monkeypatch):
     # The stage's own curves, self-assessment metrics included, in its output directory
     (stage_runs,) = (tmp_path / "sft" / "runs").iterdir()
     assert len(scalar(events(stage_runs), "train/self_assessment/loss")) == 2
+
+
+def test_readme_tracking_snippet(model_dir, tmp_path, monkeypatch):
+    """README, "Experiment tracking and model cards": the block runs on the tiny model (CPU flags added) and leaves
+    TensorBoard curves with the self-assessment metrics and a model card with PCL's section."""
+    from conftest import readme_python_block
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    code = readme_python_block("### Experiment tracking and model cards")
+    code = code.replace("Qwen/Qwen2.5-0.5B-Instruct", model_dir).replace("outputs/sft", str(tmp_path / "sft"))
+    code = code.replace("max_steps=2)", "max_steps=2, use_cpu=True, bf16=False, disable_tqdm=True)")
+    namespace = {"dataset": Dataset.from_list(addition_rows(16))}
+    exec(code, namespace)
+    (runs,) = (tmp_path / "sft" / "runs").iterdir()
+    assert len(scalar(events(runs), "train/self_assessment/nll")) == 2
+    card = (tmp_path / "sft" / "README.md").read_text()
+    assert "trained with PCL-SFT" in card and "| Marker | `<|post_completion|>`" in card
