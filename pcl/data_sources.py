@@ -154,7 +154,8 @@ def _load(spec: TaskSpec) -> datasets.Dataset:
     what = f"dataset {name!r} (config {spec.dataset_config!r}, split {split!r})"
     try:
         # Local data is read afresh: `datasets` caches a local directory under a key that can stay the same when its
-        # files change (seen with datasets 5.2 on a Hub-style directory rewritten elsewhere), serving the old rows
+        # files change (seen with datasets 5.2: a Hub-style directory of the same name elsewhere got the old rows),
+        # and then checks the new rows against the old split sizes
         fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if os.path.exists(name) else {}
         if os.path.isfile(name):  # one data file: `load_dataset` wants its builder, and names its one split 'train'
             builder = _FILE_BUILDERS.get(Path(name).suffix.lower())

@@ -17,6 +17,11 @@ calibrate:
 overlap_tolerance: 0.01  # optional (default 0.01): share of a set's distinct prompts that may repeat in another
 ```
 
+A task is a reasoning-gym generator (`name`, `size`, `seed`, `config`), a `.jsonl` file (`name: data.jsonl`), or a
+dataset `datasets.load_dataset` reads, named with TRL's ScriptArguments keys (see `pcl.data_sources`):
+`{dataset_name: openai/gsm8k, dataset_config: main, dataset_train_split: "train[:2000]", prompt_column: question,
+answer_column: answer, answer_extractor: gsm8k}`; held-out sets name `dataset_test_split` instead.
+
 Each stage's config is parsed by TRL's `TrlParser`, so every TRL/transformers option is valid as a key, and each
 stage starts from the previous stage's output directory. Command-line flags override the recipe: `--key value` sets a
 trainer option for every stage that has it, `--a.b.c value` sets a nested recipe key (e.g.

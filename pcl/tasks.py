@@ -132,8 +132,9 @@ class TaskSpec:
     def task_name(self) -> str:
         """Short name for logs and the ``task`` column: the file stem for JSONL, the dataset's last path part for a
         dataset (``openai/gsm8k`` -> ``gsm8k``), else ``name``."""
-        if self.is_dataset:
-            return Path(self.dataset_name.rstrip("/")).stem
+        if self.is_dataset:  # a data file's stem; a Hub id's or a directory's last part
+            path = Path(self.dataset_name.rstrip("/"))
+            return path.stem if path.is_file() else path.name
         return Path(self.name).stem if self.is_jsonl else self.name
 
     def describe(self) -> dict[str, Any]:

@@ -202,3 +202,26 @@ def test_readme_dataset_snippets(tmp_path):
     exec(readme_python_block("### Datasets from the Hub and from files").replace("openai/gsm8k", path), namespace)
     assert len(namespace["data"]) == 2000 and namespace["data"][0]["answer"] == "1003"
     assert namespace["data"].column_names == ["prompt", "answer", "task", "entry"]
+
+
+def test_pcl_calibrate_on_a_dataset_test_split(tmp_path, tiny_model, tokenizer):
+    """`pcl calibrate --task '<JSON TaskSpec>'`: a dataset's test split is evaluated, and its questions that a
+    `--train_task` dataset slice holds are marked seen."""
+    from conftest import addition_rows, cpu_args
+
+    from pcl import PCLSFTConfig, PCLSFTTrainer
+    from pcl.cli import main
+
+    args = PCLSFTConfig(output_dir=str(tmp_path / "model"), per_device_train_batch_size=8, **cpu_args(max_steps=1))
+    trainer = PCLSFTTrainer(tiny_model, args, train_dataset=datasets.Dataset.from_list(addition_rows(8)),
+                            processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    path = write_gsm8k_like(tmp_path / "gsm8k", n_train=8, n_test=5, shared=2)
+    keys = {"dataset_name": path, "dataset_config": "main", "prompt_column": "question", "answer_extractor": "gsm8k"}
+    code = main(["calibrate", str(tmp_path / "model"), "--task", json.dumps({**keys, "dataset_test_split": "test"}),
+                 "--train_task", json.dumps({**keys, "dataset_train_split": "train[:4]"}), "--max_new_tokens", "4",
+                 "--n_boot", "20", "--output_dir", str(tmp_path / "calibration")])  # fmt: skip
+    metrics = json.loads((tmp_path / "calibration" / "metrics.json").read_text())
+    assert code == 0 and metrics["task"]["split"] == "test" and metrics["task"]["dataset_name"] == path
+    assert metrics["n"] == 5 and metrics["n_seen_in_training"] == 2
