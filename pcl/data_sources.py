@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,20 +150,26 @@ def check_dataset_spec(spec: TaskSpec) -> None:
     _extractor(spec)  # an unknown extractor fails now, not after the first stage trained
 
 
+def _load_local(name: str, config: str | None, split: str, **kwargs: Any) -> datasets.Dataset:
+    if os.path.isfile(name):  # one data file: `load_dataset` wants its builder, and names its one split 'train'
+        builder = _FILE_BUILDERS.get(Path(name).suffix.lower())
+        if builder is None:
+            raise ValueError(f"unknown file type; use one of {sorted(_FILE_BUILDERS)} or a dataset directory")
+        return datasets.load_dataset(builder, data_files=name, split=split, **kwargs)
+    return datasets.load_dataset(name, config, split=split, **kwargs)
+
+
 def _load(spec: TaskSpec) -> datasets.Dataset:
     name, split = spec.dataset_name, spec.dataset_split
     what = f"dataset {name!r} (config {spec.dataset_config!r}, split {split!r})"
     try:
-        # Local data is read afresh: `datasets` caches a local directory under a key that can stay the same when its
-        # files change (seen with datasets 5.2: a Hub-style directory of the same name elsewhere got the old rows),
-        # and then checks the new rows against the old split sizes
-        fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if os.path.exists(name) else {}
-        if os.path.isfile(name):  # one data file: `load_dataset` wants its builder, and names its one split 'train'
-            builder = _FILE_BUILDERS.get(Path(name).suffix.lower())
-            if builder is None:
-                raise ValueError(f"unknown file type; use one of {sorted(_FILE_BUILDERS)} or a dataset directory")
-            return datasets.load_dataset(builder, data_files=name, split=split, **fresh)
-        return datasets.load_dataset(name, spec.dataset_config, split=split, **fresh)
+        if not os.path.exists(name):
+            return datasets.load_dataset(name, spec.dataset_config, split=split)
+        # Local data is read into memory through a cache of its own, removed after: the shared `datasets` cache keys
+        # a local directory so that a rewritten one of the same name can get the old rows (seen with datasets 5.2),
+        # and ranks of a distributed launch would all write the same cache entry
+        with tempfile.TemporaryDirectory(prefix="pcl-dataset-") as cache:
+            return _load_local(name, spec.dataset_config, split, cache_dir=cache, keep_in_memory=True)
     except Exception as e:
         # `datasets` says what failed, not which recipe key fixes it
         raise ValueError(
