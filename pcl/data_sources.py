@@ -111,7 +111,7 @@ def _extractor(spec: TaskSpec) -> Callable[[Any], str]:
 
 
 def check_generator_keys(keys: Any) -> None:
-    """Refuse reasoning-gym-only keys (``size``, ``seed``, ...) given beside ``dataset_name``: they would be ignored."""
+    """Refuse reasoning-gym-only keys (``size``, ``seed``, ...) beside ``dataset_name``: they would be ignored."""
     ignored = sorted(set(keys) & set(_GENERATOR_KEYS))
     if ignored:
         raise ValueError(

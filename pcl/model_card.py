@@ -33,7 +33,12 @@ def pcl_card_section(model, tokenizer, load_from: str, hub_model_id: str | None 
     prefix = f"`{fmt.prefix}`" if fmt.prefix else "none"
     return f"""{SECTION_TITLE}
 
-This model was trained with Post-Completion Learning ([Post-Completion Learning for Language Models](https://huggingface.co/papers/2507.20252), arXiv 2507.20252) using `pcl`, a TRL plugin. In training it wrote, after each answer, `MARKER [prefix] SCORE EOS`, where SCORE predicts the reward of its own answer. The marker is an EOS id in `generation_config.json`, so generation stops at it: the self-assessment is never generated at inference and costs nothing. The self-score is read from the model's distribution over the score levels right after `answer MARKER [prefix]`.
+This model was trained with Post-Completion Learning ([Post-Completion Learning for Language
+Models](https://huggingface.co/papers/2507.20252), arXiv 2507.20252) using `pcl`, a TRL plugin. In training it
+wrote, after each answer, `MARKER [prefix] SCORE EOS`, where SCORE predicts the reward of its own answer. The marker
+is an EOS id in `generation_config.json`, so generation stops at it: the self-assessment is never generated at
+inference and costs nothing. The self-score is read from the model's distribution over the score levels right after
+`answer MARKER [prefix]`.
 
 | | |
 |---|---|

@@ -448,6 +448,7 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
                 )  # fmt: skip
             from .tracking import log_calibration  # the trainers are gone: send the benchmark to their trackers
 
-            log_calibration(result["calibration"], os.path.join(recipe["output_dir"], "calibration"),
-                            list(dict.fromkeys(t for s in stages for t in s.args.report_to)), recipe["output_dir"])  # fmt: skip
+            trackers = list(dict.fromkeys(t for s in stages for t in s.args.report_to))
+            log_calibration(result["calibration"], os.path.join(recipe["output_dir"], "calibration"), trackers,
+                            recipe["output_dir"])  # fmt: skip
     return result

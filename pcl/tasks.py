@@ -59,7 +59,8 @@ _ARITH_EXPR = re.compile(r"[0-9\s+\-*/().]+")
 @dataclass
 class TaskSpec:
     """What to load: a reasoning-gym dataset name, ``"composite"``, a path to a ``.jsonl`` file, or (with
-    ``dataset_name`` instead of ``name``) a dataset for ``datasets.load_dataset``, named with TRL's ScriptArguments keys.
+    ``dataset_name`` instead of ``name``) a dataset for ``datasets.load_dataset``, named with TRL's ScriptArguments
+    keys.
 
     ``size``, ``seed``, ``config`` and ``strip_prefix`` apply to reasoning-gym tasks only; a JSONL file is
     loaded whole, as written; a dataset loads its one split (``dataset_train_split`` for a training set,

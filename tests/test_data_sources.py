@@ -153,8 +153,9 @@ def test_overlap_by_prompt_text_train_vs_test_split(tmp_path):
     # Index ranges do not apply: both specs leave size/seed at their defaults, which must not read as shared items
     report = check_disjoint({k: sets[k] for k in ("stages.sft.task", "stages.grpo.task")})
     assert report == [{"a": "stages.sft.task", "b": "stages.grpo.task", "shared_indices": 0}]
-    with pytest.raises(OverlapError, match=r"`stages.sft.task` \(.*gsm8k config main split train\[:6\]\) and "
-                                           r"`calibrate.task` .*share 2 of 4 distinct prompts.*take disjoint rows"):  # fmt: skip
+    refused = (r"`stages.sft.task` \(.*gsm8k config main split train\[:6\]\) and `calibrate.task` .*share 2 of 4 "
+               r"distinct prompts.*take disjoint rows")  # fmt: skip
+    with pytest.raises(OverlapError, match=refused):
         check_disjoint(sets, prompts=prompts)
     report = check_disjoint(sets, tolerance=0.5, prompts=prompts)
     assert [(p["a"], p["b"], p["shared_prompts"]) for p in report] == [

@@ -53,13 +53,17 @@ def test_sft_self_assessment_metrics_reach_tensorboard(tiny_model, tokenizer, tm
     assert len(scalar(events(tmp_path / "tb"), "train/self_assessment/loss")) == 2
 
 
+def parity_reward(completions, **kwargs):
+    return [float(len(c) % 2) for c in completions]  # mixed rewards on an untrained model
+
+
 def test_grpo_self_assessment_metrics_reach_tensorboard(model_dir, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=4,
                          max_completion_length=8, log_completions=False, **with_tensorboard())  # fmt: skip
     prompts = Dataset.from_list([{"prompt": f"{a} + 1 ="} for a in range(8)])
-    trainer = PCLGRPOTrainer(model_dir, reward_funcs=lambda completions, **kw: [float(len(c) % 2) for c in completions],
-                             args=args, train_dataset=prompts, processing_class=tokenizer)  # fmt: skip
+    trainer = PCLGRPOTrainer(model_dir, reward_funcs=parity_reward, args=args, train_dataset=prompts,
+                             processing_class=tokenizer)  # fmt: skip
     trainer.train()
     tags = assert_logged_as_in_history(events(tmp_path / "tb"), trainer)
     assert {"train/self_assessment/loss", "train/self_assessment/nll", "train/self_assessment/brier",
