@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
+from .rewards import import_callable
+
 
 if TYPE_CHECKING:
     from .tasks import TaskSpec
@@ -105,9 +107,7 @@ def _extractor(spec: TaskSpec) -> Callable[[Any], str]:
         return str
     if name in _EXTRACTORS:
         return _EXTRACTORS[name]
-    from .tasks import resolve_reward_func  # same "module:function" syntax; imported here: tasks imports this module
-
-    return resolve_reward_func(name)
+    return import_callable(name)
 
 
 def check_generator_keys(keys: Any) -> None:

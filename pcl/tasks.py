@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import json
 import math
 import re
@@ -38,6 +37,7 @@ from .data_sources import (
     load_dataset_rows,
     load_jsonl_rows,
 )
+from .rewards import resolve_reward_func
 
 
 __all__ = [
@@ -372,31 +372,6 @@ def score_completions(reward_func: Callable, data: datasets.Dataset, completions
             f"{len(completions)} answers."
         )
     return list(rewards)
-
-
-def resolve_reward_func(ref: str) -> Callable:
-    """Import a user reward function from ``"module.path:function"`` (``function`` may be dotted)."""
-    module_name, sep, attr_path = ref.partition(":") if isinstance(ref, str) else ("", "", "")
-    parts = attr_path.split(".")
-    if (
-        not sep
-        or ":" in attr_path
-        or not all(p.isidentifier() for p in module_name.split("."))
-        or not all(p.isidentifier() for p in parts)
-    ):
-        raise ValueError(f"reward function reference must look like 'module.path:function', got {ref!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ImportError(f"cannot import module {module_name!r} for reward function {ref!r}: {e}") from e
-    for part in parts:
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise AttributeError(f"module {module_name!r} has no function {attr_path!r} (from {ref!r})") from e
-    if not callable(obj):
-        raise TypeError(f"{ref!r} resolves to a {type(obj).__name__}, not a callable")
-    return obj
 
 
 def prompt_text(prompt: Any) -> str:
