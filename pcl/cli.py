@@ -30,7 +30,8 @@ def _calibrate(argv: list[str]) -> dict:
     parser.add_argument("--size", type=int, default=1000, help="Number of evaluation items (reasoning-gym).")
     parser.add_argument("--seed", type=int, default=10**6, help="Seed of the evaluation set (reasoning-gym).")
     parser.add_argument("--task_config", type=json.loads, default={}, help="JSON kwargs for the task generator.")
-    parser.add_argument("--reward", default="task", help="'task' (the task's verifier) or 'module:function'.")
+    parser.add_argument("--reward", default="task",
+                        help="'task' (the task's verifier), 'module:function', or as trl grpo --reward_funcs takes it.")  # fmt: skip
     parser.add_argument("--train_task", type=json.loads, action="append", default=[],
                         help="JSON TaskSpec of a training set, to drop seen questions (repeatable).")  # fmt: skip
     parser.add_argument("--output_dir", default=None, help="Where to write metrics.json, report.md and PNGs.")
