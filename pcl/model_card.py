@@ -65,18 +65,22 @@ vLLM, which stops at the marker through the same generation config).
 
 
 class PCLModelCard:
-    """Mixin of the PCL trainers (listed before the TRL trainer): overrides `create_model_card` (TRL's card, plus
-    [`pcl_card_section`]) and `save_model` (TRL's, plus the card in the saved directory). Nothing else."""
+    """Mixin of the PCL trainers (listed before the TRL trainer): overrides `create_model_card` (TRL's card, with
+    [`pcl_card_section`] before its "Training procedure") and `save_model` (TRL's, plus the card in the saved
+    directory). Nothing else."""
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if not self.is_world_process_zero():
             return
         readme = Path(self.args.output_dir) / "README.md"
-        card = readme.read_text(encoding="utf-8").split(f"\n{SECTION_TITLE}\n")[0].rstrip("\n")
+        card = readme.read_text(encoding="utf-8")  # written afresh by TRL just now
         section = pcl_card_section(self.model, text_tokenizer(self.processing_class), self.args.output_dir,
                                    self.args.hub_model_id)  # fmt: skip
-        readme.write_text(f"{card}\n\n{section}", encoding="utf-8")
+        # Before TRL's training details and citations, where a reader of the card looks for how to use the model
+        anchor = "\n## Training procedure"
+        card = card.replace(anchor, f"\n{section}{anchor}", 1) if anchor in card else f"{card.rstrip()}\n\n{section}"
+        readme.write_text(card, encoding="utf-8")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)

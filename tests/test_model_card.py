@@ -43,8 +43,9 @@ def test_sft_checkpoint_and_final_model_carry_the_card(tiny_model, tokenizer, tm
         assert "This model was trained with PCL-SFT, a method introduced in [Post-Completion Learning for Language " \
                "Models](https://huggingface.co/papers/2507.20252)" in card  # fmt: skip
         assert "eprint       = {arXiv:2507.20252}" in card and "- pcl" in card.split("---")[1]
-        # PCL's section, once
+        # PCL's section, once, before TRL's training details
         assert card.count("## Post-Completion Learning (PCL)") == 1
+        assert card.index("## Quick start") < card.index("## Post-Completion Learning") < card.index("## Training")
         assert f"| Marker | `<|post_completion|>` (token id {marker_id}) |" in card
         assert "| Score levels | 5 (level k means a normalised reward of k / 4) |" in card
         assert "| Readout temperature | 1 |" in card and "| Reward range | [0, 1] (normalised to [0, 1]) |" in card
