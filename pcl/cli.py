@@ -22,11 +22,16 @@ def _calibrate(argv: list[str]) -> dict:
 
     parser = argparse.ArgumentParser(prog="pcl calibrate", description="Calibration benchmark of a PCL checkpoint.")
     parser.add_argument("model_dir", help="A directory saved by a PCL trainer.")
-    parser.add_argument("--task", required=True, help="reasoning-gym dataset name, or a .jsonl of prompt/answer rows.")
+    parser.add_argument("--task", required=True,
+                        help="reasoning-gym dataset name, a .jsonl of prompt/answer rows, or a JSON TaskSpec, e.g. "
+                             '\'{"dataset_name": "openai/gsm8k", "dataset_config": "main", "dataset_test_split": '
+                             '"test", "prompt_column": "question", "answer_extractor": "gsm8k"}\' (--size, --seed and '
+                             "--task_config then do not apply).")  # fmt: skip
     parser.add_argument("--size", type=int, default=1000, help="Number of evaluation items (reasoning-gym).")
     parser.add_argument("--seed", type=int, default=10**6, help="Seed of the evaluation set (reasoning-gym).")
     parser.add_argument("--task_config", type=json.loads, default={}, help="JSON kwargs for the task generator.")
-    parser.add_argument("--reward", default="task", help="'task' (the task's verifier) or 'module:function'.")
+    parser.add_argument("--reward", default="task",
+                        help="'task' (the task's verifier), 'module:function', or as trl grpo --reward_funcs takes it.")  # fmt: skip
     parser.add_argument("--train_task", type=json.loads, action="append", default=[],
                         help="JSON TaskSpec of a training set, to drop seen questions (repeatable).")  # fmt: skip
     parser.add_argument("--output_dir", default=None, help="Where to write metrics.json, report.md and PNGs.")
@@ -46,7 +51,10 @@ def _calibrate(argv: list[str]) -> dict:
     from .splits import check_disjoint
     from .tasks import load_task
 
-    task = TaskSpec(args.task, size=args.size, seed=args.seed, config=args.task_config)
+    if args.task.lstrip().startswith("{"):  # a whole TaskSpec, e.g. a Hub dataset's test split
+        task = TaskSpec.from_dict(json.loads(args.task))
+    else:
+        task = TaskSpec(args.task, size=args.size, seed=args.seed, config=args.task_config)
     train_tasks = [TaskSpec.from_dict(spec) for spec in args.train_task]
     shifted = TaskSpec.from_dict(args.shifted_task) if args.shifted_task else None
     # Evaluation sets that share reasoning-gym index ranges with a training set are shifted copies of it: refuse.

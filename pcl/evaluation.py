@@ -120,9 +120,10 @@ def _answers_and_confidences(model, tokenizer, tokens, prompts, max_new_tokens, 
 def answer_key(task: TaskSpec) -> Callable[[str], str]:
     """How the task's verifier compares answers, as a key: equal keys are the same answer.
 
-    reasoning-gym verifiers compare the stripped answer with the gold string; JSONL tasks also compare as numbers.
+    reasoning-gym verifiers compare the stripped answer with the gold string; JSONL and dataset tasks also compare as
+    numbers.
     """
-    if not task.is_jsonl:
+    if task.is_reasoning_gym:
         return str.strip
 
     def key(text: str) -> str:
@@ -178,8 +179,15 @@ def _item_rows(split: str, data, gens, correct, confidences, difficulty) -> list
 
 
 def _describe_shift(shifted: TaskSpec, train_tasks: Sequence[TaskSpec] | None) -> str:
-    trained = "; ".join(f"{t.name} {t.config or '(default config)'}" for t in train_tasks or []) or "not given"
-    return f"{shifted.name} {shifted.config or '(default config)'}, vs trained on: {trained}"
+    def name(t: TaskSpec) -> str:
+        return (
+            f"{t.dataset_name} split {t.dataset_split}"
+            if t.is_dataset
+            else f"{t.name} {t.config or '(default config)'}"
+        )
+
+    trained = "; ".join(name(t) for t in train_tasks or []) or "not given"
+    return f"{name(shifted)}, vs trained on: {trained}"
 
 
 @dataclass
@@ -275,7 +283,7 @@ def run_calibration(
     items, gens, written, t = _evaluate_split(b, "heldout", task, data, timed=True)
     metrics = {
         "model": model_dir,
-        "task": {"name": task.name, "size": task.size, "seed": task.seed, "config": task.config},
+        "task": task.describe(),
         "duplicates_dropped": n_duplicates,
         **split_metrics(items, n_boot=n_boot),
         "mean_tokens": float(np.mean([g.num_tokens for g in gens])),
@@ -322,12 +330,7 @@ def run_calibration(
         shifted_items, _, _, _ = _evaluate_split(b, "shifted", shifted_task, shifted, timed=False)
         items += shifted_items
         metrics["shifted"] = {
-            "task": {
-                "name": shifted_task.name,
-                "size": shifted_task.size,
-                "seed": shifted_task.seed,
-                "config": shifted_task.config,
-            },  # fmt: skip
+            "task": shifted_task.describe(),
             "shift": _describe_shift(shifted_task, train_tasks),
             "duplicates_dropped": n_dup_shifted,
             **split_metrics(shifted_items, n_boot=n_boot),

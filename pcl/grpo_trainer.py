@@ -23,6 +23,7 @@ from .marker import (
     segment_tokens,
     text_tokenizer,
 )
+from .model_card import PCLModelCard
 from .reward_targets import RewardTargets
 from .sft_trainer import PAPER
 from .validation import check_prompts, checked_reward_func
@@ -33,7 +34,7 @@ from .vllm_requests import rollout_sampling_kwargs
 REWARD_STATE = "pcl_reward_ranges.json"
 
 
-class PCLGRPOTrainer(GRPOTrainer):
+class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
     """
     GRPO with [Post-Completion Learning](https://huggingface.co/papers/2507.20252): after each rollout is scored, the
     model is also trained to predict that score in a segment `MARKER [prefix] SCORE EOS` after its answer.
@@ -60,8 +61,10 @@ class PCLGRPOTrainer(GRPOTrainer):
     `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
     `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
     (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
-    `_load_optimizer_and_scheduler` (running reward ranges), `_save` (the format beside a PEFT adapter). Everything else is inherited from [`~trl.GRPOTrainer`],
-    so existing GRPO recipes work by swapping the two class names.
+    `_load_optimizer_and_scheduler` (running reward ranges), `_save` (the format beside a PEFT adapter),
+    `create_model_card` / `save_model` (PCL's section of the model card, saved beside every saved model;
+    [`~pcl.model_card.PCLModelCard`]). Everything else is inherited from [`~trl.GRPOTrainer`], so existing GRPO
+    recipes work by swapping the two class names.
 
     Example:
 

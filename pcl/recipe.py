@@ -17,6 +17,11 @@ calibrate:
 overlap_tolerance: 0.01  # optional (default 0.01): share of a set's distinct prompts that may repeat in another
 ```
 
+A task is a reasoning-gym generator (`name`, `size`, `seed`, `config`), a `.jsonl` file (`name: data.jsonl`), or a
+dataset `datasets.load_dataset` reads, named with TRL's ScriptArguments keys (see `pcl.data_sources`):
+`{dataset_name: openai/gsm8k, dataset_config: main, dataset_train_split: "train[:2000]", prompt_column: question,
+answer_column: answer, answer_extractor: gsm8k}`; held-out sets name `dataset_test_split` instead.
+
 Each stage's config is parsed by TRL's `TrlParser`, so every TRL/transformers option is valid as a key, and each
 stage starts from the previous stage's output directory. Command-line flags override the recipe: `--key value` sets a
 trainer option for every stage that has it, `--a.b.c value` sets a nested recipe key (e.g.
@@ -108,7 +113,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ValueError(f"Option `{arg}` needs a value.")
             value, i = argv[i + 1], i + 1
-        if "." in key or key in ("output_dir", "overlap_tolerance"):  # recipe keys, not trainer options
+        if "." in key or key in RECIPE_KEYS:  # recipe keys (`--calibrate null` drops it), not trainer options
             nested[key] = yaml.safe_load(value)
         else:
             flags += [f"--{key}", value]
@@ -163,6 +168,11 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
         raise ValueError(f"Unknown options {unused}: not a field of any stage's config.")
     if not stages:
         raise ValueError(f"Recipe {path!r} has no stages.")
+    for key, spec in recipe_datasets(recipe, stages, training_only=True).items():
+        if spec.dataset_test_split is not None:  # the held-out split is for `calibrate`; training on it leaks
+            raise ValueError(
+                f"`{key}` trains on a test split ({spec.dataset_test_split!r}): use `dataset_train_split`."
+            )
     check_disjoint(
         recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", DEFAULT_TOLERANCE)
     )  # index ranges: cheap
@@ -360,4 +370,9 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
                     model, task, os.path.join(recipe["output_dir"], "calibration"),
                     train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages), **spec,
                 )  # fmt: skip
+            from .tracking import log_calibration  # the trainers are gone: send the benchmark to their trackers
+
+            trackers = list(dict.fromkeys(t for s in stages for t in s.args.report_to))
+            log_calibration(result["calibration"], os.path.join(recipe["output_dir"], "calibration"), trackers,
+                            recipe["output_dir"])  # fmt: skip
     return result

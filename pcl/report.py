@@ -106,6 +106,13 @@ def _split_sections(m: dict[str, Any], title: str) -> list[str]:
     return lines
 
 
+def _task(task: dict) -> str:
+    """The evaluated set: a reasoning-gym generator's name, size, seed and config, or a dataset's name and split."""
+    if "dataset_name" in task:
+        return f"`{task['dataset_name']}` config `{task['dataset_config']}` split `{task['split']}`"
+    return f"`{task['name']}` size {task['size']} seed {task['seed']} config `{task['config']}`"
+
+
 def _counts(m: dict[str, Any]) -> str:
     seen_auroc = "n/a" if m["seen_auroc"] is None else f"{m['seen_auroc']:.3f}"
     return (
@@ -163,7 +170,7 @@ def render_report(m: dict[str, Any]) -> str:
         "# PCL calibration report",
         "",
         f"- model: `{m['model']}`",
-        f"- task: `{m['task']['name']}` size {m['task']['size']} seed {m['task']['seed']} config `{m['task']['config']}`",
+        f"- task: {_task(m['task'])}",
         f"- items: {_counts(m)}",
         f"- accuracy (deploy mode, greedy): {_accuracy(m)}",
         f"- mean generated tokens per answer: {m['mean_tokens']:.2f}; stop reasons: {m['stop_reasons']}",

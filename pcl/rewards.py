@@ -1,7 +1,73 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
-"""Reward functions for recipes that name them (`reward: pcl.rewards:math_verify_accuracy`)."""
+"""Reward functions named by reference, as recipes and `pcl calibrate --reward` name them, and PCL's own.
 
-from collections.abc import Sequence
+A reference is what `trl grpo --reward_funcs` takes: one of TRL's reward names (`accuracy_reward`, ...) or a dotted
+import path (`my_pkg.rewards.fn`), and also `my_pkg.rewards:fn` (whose function part may be dotted: `mod:Class.fn`).
+Like `trl grpo`, the working directory is importable, so a `rewards.py` beside the recipe is found.
+"""
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+__all__ = ["import_callable", "math_verify_accuracy", "resolve_reward_func", "trl_reward_funcs"]
+
+
+def trl_reward_funcs() -> dict[str, Callable]:
+    """The reward names `trl grpo --reward_funcs` accepts, with the arguments its script gives them."""
+    from trl.rewards import (
+        accuracy_reward,
+        get_soft_overlong_punishment,
+        reasoning_accuracy_reward,
+        think_format_reward,
+    )
+
+    return {
+        "accuracy_reward": accuracy_reward,
+        "reasoning_accuracy_reward": reasoning_accuracy_reward,
+        "think_format_reward": think_format_reward,
+        "get_soft_overlong_punishment": get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256),
+    }
+
+
+def import_callable(ref: str) -> Callable:
+    """Import ``"module.path:function"`` (``function`` may be dotted) or TRL's ``"module.path.function"``."""
+    text = ref if isinstance(ref, str) else ""
+    module_name, sep, attr_path = text.partition(":") if ":" in text else text.rpartition(".")
+    parts = attr_path.split(".")
+    if (
+        not sep
+        or ":" in attr_path
+        or not all(p.isidentifier() for p in module_name.split("."))
+        or not all(p.isidentifier() for p in parts)
+    ):
+        raise ValueError(
+            f"reward function reference must look like 'module.path:function' or 'module.path.function' (or be one "
+            f"of TRL's reward names {sorted(trl_reward_funcs())}), got {ref!r}"
+        )
+    if os.getcwd() not in sys.path:  # as `trl grpo` does: modules in the working directory are importable
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"cannot import module {module_name!r} for reward function {ref!r}: {e}") from e
+    for part in parts:
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise AttributeError(f"module {module_name!r} has no function {attr_path!r} (from {ref!r})") from e
+    if not callable(obj):
+        raise TypeError(f"{ref!r} resolves to a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def resolve_reward_func(ref: str) -> Callable:
+    """A reward function by reference: one of TRL's reward names, else :func:`import_callable`."""
+    registry = trl_reward_funcs() if isinstance(ref, str) and ":" not in ref and "." not in ref else {}
+    return registry[ref] if ref in registry else import_callable(ref)
 
 
 def _text(completion) -> str:

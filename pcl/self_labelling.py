@@ -108,9 +108,9 @@ def self_labelled_rows(
     # Truncated answers stay: deployment truncates too, and their score is read the same way
     keep = [i for i, r in enumerate(rewards) if r is not None]
     if not keep:
-        raise ValueError(f"Self-labelling produced no rewarded answers on {task.name!r}: every reward was None.")
+        raise ValueError(f"Self-labelling produced no rewarded answers on {task.task_name!r}: every reward was None.")
     logger.warning(
-        f"Self-labelled {len(keep)} answers on {task.name}: accuracy {sum(rewards[i] for i in keep) / len(keep):.3f}"
+        f"Self-labelled {len(keep)} answers on {task.task_name}: accuracy {sum(rewards[i] for i in keep) / len(keep):.3f}"
     )
     return [
         {

@@ -12,6 +12,7 @@ from trl.trainer import sft_trainer as sft_module
 
 from .adapters import expose_head_bias, marker_rows, save_adapter_format
 from .marker import attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens, text_tokenizer
+from .model_card import PCLModelCard
 from .segment import empty_segment_mask, orphan_tail_mask, score_mask, segment_mask
 from .sft_config import PCLSFTConfig
 from .sft_data import (
@@ -35,7 +36,7 @@ PAPER = {
         """\
         @article{fei2025post,
             title        = {{Post-Completion Learning for Language Models}},
-            author       = {Xiang Fei and Siqi Wang and Shu Wei and Yuxiang Nie and Wei Shi and Hao Feng and Can Huang},
+            author       = {Xiang Fei and Siqi Wang and Shu Wei and Yuxiang Nie and Wei Shi and Hao Feng and Chao Feng and Can Huang},
             year         = 2025,
             eprint       = {arXiv:2507.20252}
         }"""
@@ -76,7 +77,7 @@ class _SegmentWeightHook:
         return trainer._reweight_log_probs(module, args, kwargs, output)
 
 
-class PCLSFTTrainer(SFTTrainer):
+class PCLSFTTrainer(PCLModelCard, SFTTrainer):
     """
     Dual-track SFT for [Post-Completion Learning](https://huggingface.co/papers/2507.20252).
 
@@ -98,8 +99,9 @@ class PCLSFTTrainer(SFTTrainer):
     truncation, packing, padding-free, `completion_only_loss` and `assistant_only_loss` work unchanged; a document
     start (`position_ids == 0`) closes a segment, and a segment cut off from its answer by packing (a chunk that starts
     with the marker, or with a tail `[prefix] SCORE EOS`) gets weight 0. The hook acts only while this trainer's
-    `compute_loss` runs, so the model object can be reused by another trainer. Everything else is inherited from
-    [`~trl.SFTTrainer`].
+    `compute_loss` runs, so the model object can be reused by another trainer. `create_model_card` and `save_model`
+    (from [`~pcl.model_card.PCLModelCard`]) add PCL's section to TRL's model card and save it beside every saved model.
+    Everything else is inherited from [`~trl.SFTTrainer`].
 
     With `self_assessment_weight=1` the loss is bit-for-bit SFTTrainer's on the rendered rows when every row has a
     reward and packing does not split documents; otherwise the EOS after a reward-less row's marker, and segment tails

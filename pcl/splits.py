@@ -7,7 +7,9 @@ Two checks, from cheap to exact:
 * index ranges: reasoning-gym builds item ``i`` of a dataset from ``random.Random(seed + i)``, so two datasets of the
   same generator whose ranges ``[seed, seed + size)`` intersect are shifted copies of each other (the same random
   stream, hence the same or correlated questions, whatever their configs). Any intersection is refused.
-* prompt text: the distinct prompts two sets share. Small problem spaces repeat questions even from far-apart seeds
+* prompt text: the distinct prompts two sets share (the only check for JSONL files and `load_dataset` sources, whose
+  rows have no generator indices: two slices of one split, or the train and test splits of one dataset, are compared
+  by their questions). Small problem spaces repeat questions even from far-apart seeds
   (two 1-digit terms make 200 distinct sums), so a share up to ``tolerance`` of the smaller set is accepted; the
   benchmark still marks such items as seen and reports the unseen subset beside the full set.
 """
@@ -33,8 +35,9 @@ class OverlapError(ValueError):
 
 
 def index_overlap(a: TaskSpec, b: TaskSpec) -> int:
-    """Number of reasoning-gym item indices (random streams) two specs share; 0 for JSONL or different generators."""
-    if a.is_jsonl or b.is_jsonl or a.name != b.name:
+    """Number of reasoning-gym item indices (random streams) two specs share; 0 for JSONL files, datasets or different
+    generators."""
+    if not (a.is_reasoning_gym and b.is_reasoning_gym) or a.name != b.name:
         return 0
     return max(0, min(a.seed + a.size, b.seed + b.size) - max(a.seed, b.seed))
 
@@ -52,7 +55,17 @@ def _free_seed(spec: TaskSpec, specs: Sequence[TaskSpec]) -> int:
 
 
 def _describe(spec: TaskSpec) -> str:
+    if spec.is_dataset:
+        config = f" config {spec.dataset_config}" if spec.dataset_config else ""
+        return f"{spec.dataset_name}{config} split {spec.dataset_split}"
     return spec.name if spec.is_jsonl else f"{spec.name} seed {spec.seed} size {spec.size}"
+
+
+def _fix(a: TaskSpec, b: TaskSpec) -> str:
+    if a.is_dataset or b.is_dataset:
+        return ("take disjoint rows (e.g. dataset_train_split 'train[:4000]' and 'train[4000:]') or drop the repeated "
+                "questions from the data")  # fmt: skip
+    return f"use seeds at least {SEED_GAP:,} apart or another config"
 
 
 def check_disjoint(
@@ -90,8 +103,8 @@ def check_disjoint(
                     raise OverlapError(
                         f"`{a}` ({_describe(sets[a])}) and `{b}` ({_describe(sets[b])}) share {shared} of "
                         f"{smaller} distinct prompts ({100 * shared / smaller:.1f}%), above overlap_tolerance "
-                        f"{tolerance}: use seeds at least {SEED_GAP:,} apart or another config; if the task is too "
-                        "small to avoid repeats, raise the recipe's `overlap_tolerance` (seen items are reported apart)."
+                        f"{tolerance}: {_fix(sets[a], sets[b])}; if the task is too small to avoid repeats, raise the "
+                        "recipe's `overlap_tolerance` (seen items are reported apart)."
                     )
             report.append(entry)
     return report

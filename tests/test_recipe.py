@@ -5,7 +5,9 @@ import os
 import re
 
 import pytest
+from test_data_sources import gsm8k_rows, write_gsm8k_like
 
+import pcl.recipe
 from pcl import PCLGRPOConfig, PCLSFTConfig
 from pcl.cli import main
 from pcl.recipe import check_recipe_overlap, load_recipe, load_task_cached, recipe_datasets, split_overrides
@@ -42,13 +44,29 @@ def test_quickstart_parses():
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_recipes_parse(name):
-    _, stages = load_recipe(recipe(name), CPU)
+    recipe_, stages = load_recipe(recipe(name), CPU)
     assess, grpo = stages
     assert isinstance(grpo.args, PCLGRPOConfig)
     assert grpo.args.num_generations == 8 and grpo.args.max_completion_length == 1024
     assert 1e-5 <= grpo.args.learning_rate <= 2e-5
     assert grpo.args.vllm_mode == "colocate" and grpo.args.self_assessment_mode == "teacher_forced"
     assert grpo.reward == ["pcl.rewards:math_verify_accuracy"]
+    # The paper's data: GSM8K from the Hub, disjoint slices of its train split for training, its test split held out
+    sets = recipe_datasets(recipe_, stages)
+    assert list(sets) == [
+        "stages.assess.task",
+        "stages.assess.self_labelled.task",
+        "stages.grpo.task",
+        "calibrate.task",
+    ]
+    for spec in sets.values():
+        assert (spec.dataset_name, spec.dataset_config) == ("openai/gsm8k", "main")
+        assert (spec.prompt_column, spec.answer_column) == ("question", "answer")
+    assert [s.dataset_train_split for s in sets.values()] == ["train[:2500]", "train[2500:4500]", "train[4500:]", None]
+    assert sets["calibrate.task"].dataset_test_split == "test"
+    # Gold SFT rows are the rationales as written; every scored set compares with the number after `####`
+    assert [s.answer_extractor for s in sets.values()] == [None, "gsm8k", "gsm8k", "gsm8k"]
+    assert recipe_["calibrate"]["reward"] == assess.reward[0] == "pcl.rewards:math_verify_accuracy"
     if "llama" in name:
         assert grpo.args.self_assessment_marker == "<|reserved_special_token_10|>"
 
@@ -76,24 +94,66 @@ def test_unknown_task_name():
 
 
 TINY = "{hidden_size: 32, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}"
+PAPER_SETS = ["stages.assess.task", "stages.assess.self_labelled.task", "stages.grpo.task", "calibrate.task"]
+
+
+def local_gsm8k(path: str, **splits: str) -> list[str]:
+    """Flags pointing every set of a paper recipe at a local GSM8K-shaped dataset (same config, columns and splits
+    unless `splits` maps a set's key to another split)."""
+    flags = []
+    for key in PAPER_SETS:
+        flags += [f"--{key}.dataset_name", path]
+        if key in splits:
+            flags += [f"--{key}.dataset_{'test' if key.startswith('calibrate') else 'train'}_split", splits[key]]
+    return flags
+
+
+def test_paper_recipe_stage_on_local_gsm8k(tmp_path):
+    """A paper recipe's GRPO stage, as written but for the dataset path: GSM8K-shaped rows, `#### n` gold answers
+    extracted, math-verify rewards, a tiny model and one step."""
+    data = write_gsm8k_like(tmp_path / "gsm8k", n_train=16, n_test=4)
+    argv = CPU + local_gsm8k(data, **{"stages.grpo.task": "train[8:16]"}) + [
+        "--output_dir", str(tmp_path / "out"), "--model.tiny", TINY, "--max_steps", "1", "--save_strategy", "no",
+        "--gradient_checkpointing", "false", "--stages.assess", "null", "--calibrate", "null",
+        "--stages.grpo.args.per_device_train_batch_size", "4", "--stages.grpo.args.num_generations", "4",
+        "--stages.grpo.args.max_completion_length", "8", "--stages.grpo.args.gradient_accumulation_steps", "1",
+    ]  # fmt: skip
+    recipe_, (grpo,) = load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
+    rows = load_task_cached(grpo.task)
+    assert len(rows) == 8 and rows["answer"] == [str(3 + i + 1000 + 7 * i) for i in range(8, 16)]
+    assert rows["prompt"][0][-1] == {"role": "user", "content": gsm8k_rows(8, 1)["question"][0]}
+    result = pcl.recipe.run_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
+    state = json.loads((tmp_path / "out" / "grpo" / "pcl_stage_complete.json").read_text())
+    assert result["model"] == str(tmp_path / "out" / "grpo") and state["global_step"] == 1
+
+
+def test_training_on_a_test_split_refused(tmp_path):
+    argv = CPU + ["--stages.grpo.task.dataset_train_split", "null", "--stages.grpo.task.dataset_test_split", "test"]
+    with pytest.raises(
+        ValueError, match=r"`stages.grpo.task` trains on a test split \('test'\): use `dataset_train_split`"
+    ):
+        load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
 
 
 @pytest.mark.slow
 def test_paper_recipe_cpu_variant_runs(tmp_path):
     """The paper recipe itself, shrunk to a tiny local model and a few steps: both stages and the benchmark run."""
-    argv = CPU + [
+    data = write_gsm8k_like(tmp_path / "gsm8k", n_train=24, n_test=8)
+    splits = {"stages.assess.task": "train[:8]", "stages.assess.self_labelled.task": "train[8:16]",
+              "stages.grpo.task": "train[16:24]"}  # fmt: skip
+    argv = CPU + local_gsm8k(data, **splits) + [
         "--output_dir", str(tmp_path), "--model.tiny", TINY, "--max_steps", "1", "--gradient_checkpointing", "false",
-        "--save_strategy", "no", "--max_length", "1024",
-        "--stages.assess.task.size", "8", "--stages.assess.self_labelled.task.size", "8",
-        "--stages.assess.self_labelled.max_new_tokens", "4", "--stages.grpo.task.size", "8",
+        "--save_strategy", "no", "--max_length", "1024", "--stages.assess.self_labelled.max_new_tokens", "4",
         "--stages.grpo.args.per_device_train_batch_size", "4", "--stages.grpo.args.num_generations", "4",
         "--stages.grpo.args.max_completion_length", "8", "--stages.grpo.args.gradient_accumulation_steps", "1",
-        "--calibrate.task.size", "8", "--calibrate.max_new_tokens", "4", "--calibrate.batch_size", "8",
+        "--calibrate.max_new_tokens", "4", "--calibrate.batch_size", "8",
     ]  # fmt: skip
     assert main(["train", recipe("qwen2.5-1.5b-gsm.yaml"), *argv]) == 0
     with open(tmp_path / "calibration" / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["n"] + metrics["duplicates_dropped"] == 8 and metrics["deploy"]["with_tokens_after_marker"] == 0
+    assert metrics["task"]["dataset_name"] == data and metrics["task"]["split"] == "test"
+    assert f"task: `{data}` config `main` split `test`" in (tmp_path / "calibration" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -219,12 +279,18 @@ def test_cli_refuses_overlapping_recipe_in_one_line(capsys):
 
 
 @pytest.mark.parametrize("name", PAPER)
-def test_paper_recipes_sets_are_disjoint(name):
-    small = ["--stages.assess.task.size", "400", "--stages.assess.self_labelled.task.size", "400",
-             "--stages.grpo.task.size", "400", "--calibrate.task.size", "400"]  # fmt: skip
-    recipe_, stages = load_recipe(recipe(name), CPU + small)
+def test_paper_recipes_sets_are_disjoint(name, tmp_path):
+    """The recipe's slices of a GSM8K-shaped train split share no question, nor with the test split; a test split
+    that repeats training questions is refused by their text."""
+    data = write_gsm8k_like(tmp_path / "gsm8k", n_train=5000, n_test=50)
+    recipe_, stages = load_recipe(recipe(name), CPU + local_gsm8k(data))
     report = check_recipe_overlap(recipe_, stages)
-    assert len(report) == 6 and all(p["shared_indices"] == 0 for p in report)
+    assert len(report) == 6 and all(p["shared_indices"] == 0 and p["shared_prompts"] == 0 for p in report)
+    assert {p["smaller_distinct"] for p in report} == {50, 500, 2000}  # train[4500:] of 5000 rows: 500
+    leaky = write_gsm8k_like(tmp_path / "leaky" / "gsm8k", n_train=5000, n_test=50, shared=5)
+    recipe_, stages = load_recipe(recipe(name), CPU + local_gsm8k(leaky))
+    with pytest.raises(OverlapError, match="`stages.assess.task` .* and `calibrate.task` .* share 5 of 50"):
+        check_recipe_overlap(recipe_, stages)
 
 
 def test_training_prompts_include_self_labelled_sets_on_resume(tmp_path, monkeypatch, tokenizer):

@@ -12,7 +12,6 @@ from pcl.tasks import (
     held_out,
     load_task,
     make_reward_func,
-    resolve_reward_func,
 )
 
 
@@ -244,29 +243,6 @@ def test_jsonl_empty_and_missing(tmp_path):
         load_task(TaskSpec(path))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_task(TaskSpec(str(tmp_path / "nope.jsonl")))
-
-
-# --- resolve_reward_func ----------------------------------------------------------------------------------------
-
-
-def test_resolve_reward_func_success():
-    assert resolve_reward_func("pcl.tasks:load_task") is load_task
-    assert resolve_reward_func("pcl.tasks:TaskSpec.from_dict") == TaskSpec.from_dict
-
-
-@pytest.mark.parametrize("ref", ["pcl.tasks", "pcl.tasks:", ":load_task", "pcl.tasks:a:b", "pcl tasks:f", "pcl..x:f"])
-def test_resolve_reward_func_malformed(ref):
-    with pytest.raises(ValueError, match="module.path:function"):
-        resolve_reward_func(ref)
-
-
-def test_resolve_reward_func_missing_module_and_function():
-    with pytest.raises(ImportError, match="'pcl.no_such_module'"):
-        resolve_reward_func("pcl.no_such_module:f")
-    with pytest.raises(AttributeError, match="'pcl.tasks' has no function 'no_such_function'"):
-        resolve_reward_func("pcl.tasks:no_such_function")
-    with pytest.raises(TypeError, match="not a callable"):
-        resolve_reward_func("pcl.tasks:__all__")
 
 
 # --- held-out evaluation ----------------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""The model card of a PCL checkpoint: TRL's card (which names the trainer and cites the paper through the trainer's
+`_name` and `_paper`), followed by a section a user of the checkpoint needs: the marker, the score levels and reward
+range, the readout temperature, and how to read the self-score.
+
+TRL writes its card only into `args.output_dir` (from `_save_checkpoint` and `push_to_hub`), so a checkpoint
+directory, or a model saved elsewhere with `save_model(path)`, would carry none; `PCLModelCard.save_model` writes it
+beside every saved model. `push_to_hub` is TRL's, unchanged: it calls `create_model_card`, which adds the section.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from .marker import format_of, readout_temperature, text_tokenizer
+
+
+__all__ = ["PCLModelCard", "pcl_card_section"]
+
+SECTION_TITLE = "## Post-Completion Learning (PCL)"
+
+
+def pcl_card_section(model, tokenizer, load_from: str, hub_model_id: str | None = None) -> str:
+    """The card's PCL section, from the format saved in the model's config; the snippet loads `hub_model_id` (through
+    `snapshot_download`) when given, else the directory `load_from`."""
+    fmt = format_of(model)
+    lo, hi = fmt.reward_range
+    marker_id = tokenizer.convert_tokens_to_ids(fmt.marker)
+    if hub_model_id:
+        imports, path = "from huggingface_hub import snapshot_download\n", f'snapshot_download("{hub_model_id}")'
+    else:
+        imports, path = "", f'"{load_from}"'
+    prefix = f"`{fmt.prefix}`" if fmt.prefix else "none"
+    return f"""{SECTION_TITLE}
+
+This model was trained with Post-Completion Learning ([Post-Completion Learning for Language
+Models](https://huggingface.co/papers/2507.20252), arXiv 2507.20252) using `pcl`, a TRL plugin. In training it
+wrote, after each answer, `MARKER [prefix] SCORE EOS`, where SCORE predicts the reward of its own answer. The marker
+is an EOS id in `generation_config.json`, so generation stops at it: the self-assessment is never generated at
+inference and costs nothing. The self-score is read from the model's distribution over the score levels right after
+`answer MARKER [prefix]`.
+
+| | |
+|---|---|
+| Marker | `{fmt.marker}` (token id {marker_id}) |
+| Score levels | {fmt.levels} (level k means a normalised reward of k / {fmt.levels - 1}) |
+| Reward range | [{lo:g}, {hi:g}] (normalised to [0, 1]) |
+| Prefix after the marker | {prefix} |
+| Readout temperature | {readout_temperature(model):g} |
+
+Read the self-score (`pip install` the `pcl` package):
+
+```python
+{imports}from pcl.inference import generate
+from pcl.marker import load_pcl_model
+
+model, tokenizer, tokens = load_pcl_model({path})
+out = generate(model, tokenizer, ["What is 12 + 7?"], max_new_tokens=64, self_score=True)
+print(out[0].text, out[0].self_score)  # the answer, and its predicted reward in [0, 1]
+```
+
+`pcl.readout.self_scores(model, tokenizer, prompts, answers)` scores answers that were generated elsewhere (e.g. by
+vLLM, which stops at the marker through the same generation config).
+"""
+
+
+class PCLModelCard:
+    """Mixin of the PCL trainers (listed before the TRL trainer): overrides `create_model_card` (TRL's card, with
+    [`pcl_card_section`] before its "Training procedure") and `save_model` (TRL's, plus the card in the saved
+    directory). Nothing else."""
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        readme = Path(self.args.output_dir) / "README.md"
+        card = readme.read_text(encoding="utf-8")  # written afresh by TRL just now
+        section = pcl_card_section(self.model, text_tokenizer(self.processing_class), self.args.output_dir,
+                                   self.args.hub_model_id)  # fmt: skip
+        # Before TRL's training details and citations, where a reader of the card looks for how to use the model
+        anchor = "\n## Training procedure"
+        card = card.replace(anchor, f"\n{section}{anchor}", 1) if anchor in card else f"{card.rstrip()}\n\n{section}"
+        readme.write_text(card, encoding="utf-8")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if not self.is_world_process_zero():
+            return
+        name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
+        self.create_model_card(model_name=name)  # like TRL's `_save_checkpoint`: into args.output_dir
+        target = output_dir or self.args.output_dir
+        if os.path.abspath(target) != os.path.abspath(self.args.output_dir):
+            shutil.copyfile(Path(self.args.output_dir) / "README.md", Path(target) / "README.md")

@@ -1,0 +1,75 @@
+# Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+"""Saved PCL checkpoints carry a model card: TRL's (trainer name, paper, citation) plus PCL's section (marker, levels,
+readout temperature, how to read the self-score), in every saved directory."""
+
+import inspect
+import re
+
+from conftest import addition_rows, cpu_args
+from datasets import Dataset
+from trl.trainer.base_trainer import _BaseTrainer
+
+from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer
+from pcl.readout import self_scores
+
+
+def test_trl_card_hooks_are_as_expected():
+    """What `PCLModelCard` relies on: TRL's `create_model_card(model_name, dataset_name, tags)` writing
+    `args.output_dir/README.md`, and transformers' `save_model(output_dir, _internal_call)`."""
+    assert list(inspect.signature(_BaseTrainer.create_model_card).parameters) == [
+        "self", "model_name", "dataset_name", "tags",
+    ]  # fmt: skip
+    assert 'os.path.join(self.args.output_dir, "README.md")' in inspect.getsource(_BaseTrainer.create_model_card)
+    assert list(inspect.signature(_BaseTrainer.save_model).parameters) == ["self", "output_dir", "_internal_call"]
+
+
+def card_python(card: str) -> str:
+    """The Python block of the card's PCL section (TRL's own "Quick start" block comes before it)."""
+    return re.findall(r"```python\n(.*?)```", card.split("## Post-Completion Learning (PCL)")[1], re.S)[0]
+
+
+def test_sft_checkpoint_and_final_model_carry_the_card(tiny_model, tokenizer, tmp_path):
+    out = tmp_path / "run"
+    args = PCLSFTConfig(output_dir=str(out), per_device_train_batch_size=8, self_assessment_levels=5,
+                        **{**cpu_args(max_steps=2), "save_strategy": "steps", "save_steps": 2})  # fmt: skip
+    trainer = PCLSFTTrainer(tiny_model, args, train_dataset=Dataset.from_list(addition_rows(16)),
+                            processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    marker_id = tokenizer.convert_tokens_to_ids("<|post_completion|>")
+    for directory in (out / "checkpoint-2", out):
+        card = (directory / "README.md").read_text()
+        # TRL's card: the trainer, the paper and its citation, PCL's tag
+        assert "This model was trained with PCL-SFT, a method introduced in [Post-Completion Learning for Language " \
+               "Models](https://huggingface.co/papers/2507.20252)" in card  # fmt: skip
+        assert "eprint       = {arXiv:2507.20252}" in card and "- pcl" in card.split("---")[1]
+        # PCL's section, once, before TRL's training details
+        assert card.count("## Post-Completion Learning (PCL)") == 1
+        assert card.index("## Quick start") < card.index("## Post-Completion Learning") < card.index("## Training")
+        assert f"| Marker | `<|post_completion|>` (token id {marker_id}) |" in card
+        assert "| Score levels | 5 (level k means a normalised reward of k / 4) |" in card
+        assert "| Readout temperature | 1 |" in card and "| Reward range | [0, 1] (normalised to [0, 1]) |" in card
+    # The card's snippet runs as written on the saved model (a shorter generation for the tiny model)
+    namespace = {}
+    exec(card_python(card).replace("max_new_tokens=64", "max_new_tokens=4"), namespace)
+    assert f'load_pcl_model("{out}")' in card_python(card) and len(namespace["out"]) == 1
+    (score,) = self_scores(namespace["model"], namespace["tokenizer"], ["What is 12 + 7?"], [namespace["out"][0].text])
+    assert 0.0 <= score <= 1.0
+
+
+def test_grpo_card_in_a_model_saved_elsewhere(model_dir, tokenizer, tmp_path):
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=4,
+                         max_completion_length=8, log_completions=False, temperature=0.7,
+                         hub_model_id="someone/pcl-model", **cpu_args(max_steps=1))  # fmt: skip
+    prompts = Dataset.from_list([{"prompt": f"{a} + 1 ="} for a in range(4)])
+    trainer = PCLGRPOTrainer(model_dir, reward_funcs=lambda completions, **kw: [1.0] * len(completions), args=args,
+                             train_dataset=prompts, processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    trainer.save_model(str(tmp_path / "elsewhere"))
+    card = (tmp_path / "elsewhere" / "README.md").read_text()
+    assert "This model was trained with PCL-GRPO" in card and "2507.20252" in card
+    assert "| Readout temperature | 0.7 |" in card  # the sampling temperature the score was trained at
+    code = card_python(card)
+    assert 'load_pcl_model(snapshot_download("someone/pcl-model"))' in code
+    assert "from huggingface_hub import snapshot_download" in code
+    assert card == (tmp_path / "run" / "README.md").read_text()
