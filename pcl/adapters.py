@@ -90,13 +90,16 @@ def marker_rows(
     tokens: SegmentTokens,
     peft_config=None,
     marker_added: bool = False,
+    train_rows: bool = True,
 ):
     """Within the block (the parent trainer's `__init__`), the policy gets its marker rows before anything wraps it.
 
     A model instance is resized for a newly added marker now; models that `module.create_model_from_path` loads (TRL's
     policy and reference models) as they are created, before TRL wraps them (PEFT, DeepSpeed, FSDP), which a resize
     cannot follow. Yields the `peft_config` to hand to the parent: a copy with the marker's rows trainable when the
-    marker is new to the model (`marker_added`: PCL added it to the tokenizer; or the model needed a resize).
+    marker is new to the model (`marker_added`: PCL added it to the tokenizer; or the model needed a resize) and the
+    trainer trains the segment (`train_rows`; at weight 0 the config is used as given, so that the trained parameters
+    are the parent's: an LM-head copy would otherwise train on the answers alone).
     """
     config = None if peft_config is None else copy.deepcopy(peft_config)
     filled = []
@@ -104,7 +107,7 @@ def marker_rows(
     def ready(model: PreTrainedModel) -> None:
         new = marker_added or len(tokenizer) > embedding_rows(model)
         resize_for_marker(model, tokenizer, tokens)
-        if config is not None and new and not filled:
+        if config is not None and new and train_rows and not filled:
             # The parent wraps the model right after creating it: fill the config it was handed, in place
             config.__dict__.update(train_marker_rows(config, model, tokens.marker_id).__dict__)
             filled.append(True)

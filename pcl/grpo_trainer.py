@@ -135,8 +135,10 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
                 checked_reward_func(f) for f in (reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
             ]
         # The policy and reference models are wrapped (PEFT, DeepSpeed, FSDP) inside the parent's __init__: give them
-        # the marker row before, and a new marker trainable rows under `peft_config` (which GRPOTrainer does not do)
-        with marker_rows(grpo_module, model, tokenizer, tokens, peft_config, marker_added) as peft_config:
+        # the marker row before, and a new marker trainable rows under `peft_config` (which GRPOTrainer does not do),
+        # unless nothing trains the segment (teacher-forced at weight 0): then the parent's trained parameters
+        train_rows = strict or args.self_assessment_mode != "teacher_forced"
+        with marker_rows(grpo_module, model, tokenizer, tokens, peft_config, marker_added, train_rows) as peft_config:
             super().__init__(
                 model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                 processing_class=processing_class, reward_processing_classes=reward_processing_classes,

@@ -173,7 +173,9 @@ class PCLSFTTrainer(PCLModelCard, SFTTrainer):
         row_tokens = tokens  # a new marker row starts as a copy of the EOS that ends the answers (SFTConfig.eos_token)
         if args.eos_token is not None and args.eos_token in tokenizer.get_vocab():
             row_tokens = dataclasses.replace(tokens, eos_id=tokenizer.convert_tokens_to_ids(args.eos_token))
-        with marker_rows(sft_module, model, tokenizer, row_tokens, peft_config, marker_added) as peft_config:
+        with marker_rows(
+            sft_module, model, tokenizer, row_tokens, peft_config, marker_added, train_rows=self._pcl_active
+        ) as peft_config:
             super().__init__(
                 model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                 processing_class=processing_class, peft_config=peft_config, **kwargs,

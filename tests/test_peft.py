@@ -159,6 +159,91 @@ def test_grpo_lora_on_tied_embeddings_reads_the_head_through_trainable_tokens(tm
     assert "self_assessment/brier" in trainer.state.log_history[0]
 
 
+def resized_base(base_dir, tokenizer, tokens):
+    """The base model as PCL resizes it for a new marker, for a stock TRL trainer to train the same model."""
+    from transformers import AutoModelForCausalLM
+
+    from pcl.marker import resize_for_marker
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert resize_for_marker(model, tokenizer, tokens)
+    return model
+
+
+def same_adapter_init(source, target) -> None:
+    """Copy `source`'s adapter weights into `target` where both have them (LoRA A is randomly initialised)."""
+    params = dict(source.named_parameters())
+    with torch.no_grad():
+        for name, p in target.named_parameters():
+            if name in params:
+                p.copy_(params[name])
+
+
+def trainable_names(model) -> list[str]:
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_sft_weight_zero_trains_what_sft_trainer_trains(base_dir, tmp_path):
+    """At weight 0 the rows carry no segment, so a new marker's rows would learn nothing: the LoRA config is used as
+    given (no LM-head copy training on the answers), and loss and gradients are SFTTrainer's with that config on the
+    same marker-resized model, as the weight-0 guarantee says."""
+    from test_sft_data import collate
+    from test_sft_trainer import assert_same_loss_and_grads
+    from trl import SFTConfig, SFTTrainer
+
+    rows = Dataset.from_list(addition_rows(16))
+    args = PCLSFTConfig(output_dir=str(tmp_path / "pcl"), **cpu_args(self_assessment_weight=0.0))
+    pcl = PCLSFTTrainer(base_dir, args=args, train_dataset=rows, peft_config=LoraConfig(**LORA))
+    base = resized_base(base_dir, pcl.processing_class, pcl.segment_tokens)
+    stock = SFTTrainer(
+        base, args=SFTConfig(output_dir=str(tmp_path / "stock"), **cpu_args()), train_dataset=rows,
+        processing_class=pcl.processing_class, peft_config=LoraConfig(**LORA),
+    )  # fmt: skip
+    assert trainable_names(pcl.model) == trainable_names(stock.model)
+    same_adapter_init(pcl.model, stock.model)
+    assert_same_loss_and_grads(pcl, stock, collate(pcl, 8))
+
+
+def test_grpo_teacher_forced_weight_zero_trains_what_grpo_trainer_trains(base_dir, tmp_path):
+    """Teacher-forced PCL-GRPO at weight 0 trains nothing through the segment: the LoRA config is used as given, so
+    the trained parameters are GRPOTrainer's with it, and loss and gradients equal `GRPOTrainer._compute_loss` on the
+    same rollouts. In the generated modes the model writes its segment, so the marker's rows still train."""
+    from test_grpo_trainer import grads, rollout
+    from trl import GRPOConfig, GRPOTrainer
+
+    trainer = grpo_trainer(base_dir, tmp_path, LoraConfig(**LORA), self_assessment_weight=0.0, max_completion_length=16)
+    base = resized_base(base_dir, trainer.processing_class, trainer.segment_tokens)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "stock"),
+        **cpu_args(per_device_train_batch_size=8, num_generations=4, max_completion_length=16, log_completions=False),
+    )
+    stock = GRPOTrainer(
+        base, parity_reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
+        processing_class=trainer.processing_class, peft_config=LoraConfig(**LORA),
+    )  # fmt: skip
+    assert trainable_names(trainer.model) == trainable_names(stock.model)
+
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    plain, pcl = rollout(trainer)
+    assert pcl["self_assessment_mask"].any()
+    with torch.no_grad():  # a trained adapter, so that the gradients reach every LoRA matrix
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    assert g_pcl.keys() == g_plain.keys() and g_plain
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+    generated = grpo_trainer(base_dir, tmp_path, LoraConfig(**LORA), mode="generated", self_assessment_weight=0.0)
+    marker = generated.segment_tokens.marker_id
+    assert generated.model.peft_config["default"].trainable_token_indices == {"embed_tokens": [marker]}
+
+
 @pytest.fixture
 def lora_sft(base_dir, tmp_path):
     """LoRA PCL-SFT from a base model without the marker: the trainer, and the segment NLL at the first and last log."""
