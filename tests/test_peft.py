@@ -211,7 +211,9 @@ def test_grpo_teacher_forced_weight_zero_trains_what_grpo_trainer_trains(base_di
     from test_grpo_trainer import grads, rollout
     from trl import GRPOConfig, GRPOTrainer
 
-    trainer = grpo_trainer(base_dir, tmp_path, LoraConfig(**LORA), self_assessment_weight=0.0, max_completion_length=16)
+    trainer = grpo_trainer(
+        base_dir, tmp_path, LoraConfig(**LORA), self_assessment_weight=0.0, max_completion_length=16
+    )
     base = resized_base(base_dir, trainer.processing_class, trainer.segment_tokens)
     args = GRPOConfig(
         output_dir=str(tmp_path / "stock"),
