@@ -42,8 +42,26 @@ def unwrapped(model: torch.nn.Module) -> PreTrainedModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
-    return next(name for name, m in model.named_modules() if m is module).rsplit(".", 1)[-1]
+def _module_path(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def _entry_for(path: str, names) -> str | None:
+    """The entry of `names` (`modules_to_save`, `trainable_token_indices` keys) that names the module at `path`,
+    matched as PEFT matches them: by the end of the module's path."""
+    return next((name for name in names or [] if path.endswith(name)), None)
+
+
+def _with_row(indices, path: str, marker_id: int):
+    """`trainable_token_indices` with the marker among the rows of the layer at `path` (a list: the input
+    embeddings')."""
+    if isinstance(indices, dict):
+        key = _entry_for(path, indices) or path.rsplit(".", 1)[-1]
+        rows = indices.get(key, [])
+        return {**indices, key: rows if marker_id in rows else [*rows, marker_id]}
+    if indices is None:
+        return {path.rsplit(".", 1)[-1]: [marker_id]}
+    return indices if marker_id in indices else [*indices, marker_id]
 
 
 def train_marker_rows(config, model: PreTrainedModel, marker_id: int):
@@ -51,7 +69,10 @@ def train_marker_rows(config, model: PreTrainedModel, marker_id: int):
 
     Like TRL's SFTTrainer for added tokens: the marker id joins `trainable_token_indices` (of the input embeddings),
     and an untied LM head joins `modules_to_save` (TRL's fused LM head reads `lm_head.weight` directly, which a
-    `modules_to_save` copy serves trainable). With tied embeddings PEFT ties the head's row to the embedding's.
+    `modules_to_save` copy serves trainable). With tied embeddings PEFT ties the head's row to the embedding's. What
+    the config trains already is kept as it is (PEFT refuses a layer both in `modules_to_save` and with trainable
+    tokens): a fully trained layer (`modules_to_save`) holds the marker's row, and a head with trainable tokens of
+    its own gets the marker among them instead of a full copy.
     """
     if not hasattr(config, "trainable_token_indices"):
         raise ValueError(
@@ -62,23 +83,23 @@ def train_marker_rows(config, model: PreTrainedModel, marker_id: int):
     config = copy.deepcopy(config)
     embed = model.get_input_embeddings()
     head = model.get_output_embeddings()
-    embed_name = _module_name(model, embed)
+    embed_path = _module_path(model, embed)
     indices = config.trainable_token_indices
-    if indices is None:
-        indices = {embed_name: [marker_id]}
-    elif isinstance(indices, dict):
-        indices = {**indices, embed_name: [*indices.get(embed_name, []), marker_id]}
-    else:  # a list targets the input embeddings
-        indices = [*indices, marker_id]
-    config.trainable_token_indices = indices
-    added = [f"trainable_token_indices={indices}"]
+
+    if _entry_for(embed_path, config.modules_to_save) is None:
+        indices = _with_row(indices, embed_path, marker_id)
     if head is not None and head.weight is not embed.weight:
-        head_name = _module_name(model, head)
-        own_row = isinstance(indices, dict) and marker_id in indices.get(head_name, [])
-        if not own_row and head_name not in (config.modules_to_save or []):
-            config.modules_to_save = [*(config.modules_to_save or []), head_name]
-            added.append(f"modules_to_save={config.modules_to_save}")
-    logger.info("PCL: the new marker's rows train with the adapter: %s.", ", ".join(added))
+        head_path = _module_path(model, head)
+        if isinstance(indices, dict) and _entry_for(head_path, indices) is not None:
+            indices = _with_row(indices, head_path, marker_id)
+        elif _entry_for(head_path, config.modules_to_save) is None:
+            config.modules_to_save = [*(config.modules_to_save or []), head_path.rsplit(".", 1)[-1]]
+    config.trainable_token_indices = indices
+    logger.info(
+        "PCL: the new marker's rows train with the adapter: trainable_token_indices=%s, modules_to_save=%s.",
+        config.trainable_token_indices,
+        config.modules_to_save,
+    )
     return config
 
 

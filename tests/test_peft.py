@@ -96,6 +96,37 @@ class TestTrainMarkerRows:
         assert config.trainable_token_indices == {"embed_tokens": [5, 98], "lm_head": [5, 98]}
         assert config.modules_to_save is None and user.trainable_token_indices["embed_tokens"] == [5]
 
+    @pytest.mark.parametrize(
+        "user, indices, saved",
+        [
+            # The usual config for new tokens: both layers trained in full already hold the marker's rows
+            (dict(modules_to_save=["embed_tokens", "lm_head"]), None, ["embed_tokens", "lm_head"]),
+            (dict(modules_to_save=["model.embed_tokens"]), None, ["model.embed_tokens", "lm_head"]),
+            # A head with trainable tokens of its own gets the marker's row there, not a full copy
+            (
+                dict(trainable_token_indices={"embed_tokens": [5], "lm_head": [5]}),
+                {"embed_tokens": [5, 98], "lm_head": [5, 98]},
+                None,
+            ),
+            (dict(trainable_token_indices={"model.embed_tokens": [5]}), {"model.embed_tokens": [5, 98]}, ["lm_head"]),
+        ],
+    )
+    def test_what_the_config_trains_already_is_kept(self, user, indices, saved):
+        """PEFT refuses a layer both in `modules_to_save` and with trainable tokens, so the marker's rows go where
+        the user's config trains that layer already, and the config wraps the model."""
+        model, _ = no_marker_model()
+        model.resize_token_embeddings(99)
+        config = train_marker_rows(LoraConfig(**LORA, **user), model, 98)
+        assert config.trainable_token_indices == indices and config.modules_to_save == saved
+        wrapped = get_peft_model(model, config)
+        with torch.no_grad():  # train every trainable tensor: the marker's rows move with them
+            for p in wrapped.parameters():
+                if p.requires_grad:
+                    p.add_(1.0)
+        merged = wrapped.merge_and_unload()
+        embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+        assert not torch.equal(embed[98], embed[1]) and not torch.equal(head[98], head[1])
+
     def test_tied_embeddings_stay_tied(self):
         model, _ = no_marker_model(tied=True)
         model.resize_token_embeddings(99)
