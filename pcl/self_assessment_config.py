@@ -39,7 +39,8 @@ class SelfAssessmentArguments:
         self_assessment_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the teacher-forced loss on the assessment tokens (score and closing EOS). What `0.0` guarantees
             depends on the trainer; for PCL-SFT see [`PCLSFTTrainer`]. In PCL-GRPO, weight `0.0` gives the same loss
-            and gradients as `GRPOTrainer._compute_loss` on the same batch and the same (marker-resized) model,
+            and gradients as `GRPOTrainer._compute_loss` on the same batch and the same (marker-resized) model (in
+            teacher-forced mode a `peft_config` is used as given, so the same parameters train),
             except for the EOS and marker LM-head rows under DeepSpeed ZeRO-3. The rollouts are not the parent's,
             though: a newly added marker is a stop whose output row starts as a copy of EOS's, so before training the
             stop probability `p(EOS)` becomes `p(EOS) + p(marker)`, about `2 * p(EOS)` when it is small. Naming an

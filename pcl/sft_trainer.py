@@ -108,7 +108,8 @@ class PCLSFTTrainer(PCLModelCard, SFTTrainer):
     that packing cut off from their answer, get weight 0 where SFTTrainer gives them 1.
 
     `self_assessment_weight=0` leaves the rows unchanged (no segment; rows flagged `self_assessment_only` are dropped)
-    and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer, and every loss
+    and the hook idle: the loss and gradients equal SFTTrainer's on the same model and tokenizer (a `peft_config` is
+    used as given, a new marker's rows not made trainable), and every loss
     option SFTTrainer has (`compute_loss_func`, label smoothing, sequence/context parallelism) is available. What
     still differs from SFTTrainer at weight 0: the marker is added to the tokenizer (and the embeddings resized if it
     was new), listed as an EOS id of the generation config, and the format saved in the model config. With a weight
