@@ -64,6 +64,13 @@ def _with_row(indices, path: str, marker_id: int):
     return indices if marker_id in indices else [*indices, marker_id]
 
 
+def _adapted(config, path: str) -> bool:
+    """Whether the PEFT `config` puts an adapter (e.g. a LoRA) on the module at `path`."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    return bool(getattr(config, "target_modules", None)) and bool(check_target_module_exists(config, path))
+
+
 def train_marker_rows(config, model: PreTrainedModel, marker_id: int):
     """A copy of the PEFT `config` under which the marker's input-embedding and LM-head rows of `model` train.
 
@@ -72,7 +79,9 @@ def train_marker_rows(config, model: PreTrainedModel, marker_id: int):
     `modules_to_save` copy serves trainable). With tied embeddings PEFT ties the head's row to the embedding's. What
     the config trains already is kept as it is (PEFT refuses a layer both in `modules_to_save` and with trainable
     tokens): a fully trained layer (`modules_to_save`) holds the marker's row, and a head with trainable tokens of
-    its own gets the marker among them instead of a full copy.
+    its own gets the marker among them instead of a full copy. Input embeddings with a LoRA of their own (in
+    `target_modules`) learn the marker's row through it (PEFT cannot add trainable tokens there); with tied embeddings
+    that LoRA does not reach the head, whose marker row would stay EOS's, which is refused.
     """
     if not hasattr(config, "trainable_token_indices"):
         raise ValueError(
@@ -86,9 +95,18 @@ def train_marker_rows(config, model: PreTrainedModel, marker_id: int):
     embed_path = _module_path(model, embed)
     indices = config.trainable_token_indices
 
-    if _entry_for(embed_path, config.modules_to_save) is None:
+    embed_adapted = _adapted(config, embed_path)
+    tied = head is not None and head.weight is embed.weight
+    if tied and embed_adapted:
+        raise ValueError(
+            f"`target_modules` puts an adapter on the input embeddings ({embed_path!r}), which are tied to the LM head: "
+            "the new marker's output row would stay a copy of EOS's, so the model could never prefer the marker. "
+            f"Remove {embed_path.rsplit('.', 1)[-1]!r} from `target_modules` (PCL trains the marker's rows as trainable "
+            "tokens), or set `self_assessment_marker` to an existing special (e.g. reserved) token of the base model."
+        )
+    if _entry_for(embed_path, config.modules_to_save) is None and not embed_adapted:
         indices = _with_row(indices, embed_path, marker_id)
-    if head is not None and head.weight is not embed.weight:
+    if head is not None and not tied:
         head_path = _module_path(model, head)
         if isinstance(indices, dict) and _entry_for(head_path, indices) is not None:
             indices = _with_row(indices, head_path, marker_id)

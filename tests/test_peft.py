@@ -127,6 +127,28 @@ class TestTrainMarkerRows:
         embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
         assert not torch.equal(embed[98], embed[1]) and not torch.equal(head[98], head[1])
 
+    def test_a_lora_on_the_input_embeddings_learns_the_marker_row(self):
+        """PEFT cannot put trainable tokens on an embedding layer that has a LoRA: the LoRA trains its marker row."""
+        model, _ = no_marker_model()
+        model.resize_token_embeddings(99)
+        config = train_marker_rows(LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]), model, 98)
+        assert config.trainable_token_indices is None and config.modules_to_save == ["lm_head"]
+        wrapped = get_peft_model(model, config)
+        with torch.no_grad():
+            for p in wrapped.parameters():
+                if p.requires_grad:
+                    p.add_(1.0)
+        merged = wrapped.merge_and_unload()
+        embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+        assert not torch.equal(embed[98], embed[1]) and not torch.equal(head[98], head[1])
+
+    def test_a_lora_on_tied_input_embeddings_is_refused(self):
+        """Its LoRA does not reach the tied head while training: the marker's logit would stay EOS's."""
+        model, _ = no_marker_model(tied=True)
+        model.resize_token_embeddings(99)
+        with pytest.raises(ValueError, match="Remove 'embed_tokens' from `target_modules`"):
+            train_marker_rows(LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]), model, 98)
+
     def test_tied_embeddings_stay_tied(self):
         model, _ = no_marker_model(tied=True)
         model.resize_token_embeddings(99)
