@@ -387,6 +387,54 @@ def test_adapter_and_merged_model_stop_at_the_marker_and_agree(lora_sft, tmp_pat
     assert abs(trained_levels - base_levels).max() > 0.1
 
 
+@pytest.mark.parametrize(
+    "tied, user, saved_rows",
+    [
+        (False, {}, {"model.embed_tokens.token_adapter.trainable_tokens_delta", "lm_head.modules_to_save.weight"}),
+        # The head's marker row alone instead of a copy of the head: list the head with no rows of its own
+        (
+            False,
+            dict(trainable_token_indices={"lm_head": []}),
+            {
+                "model.embed_tokens.token_adapter.trainable_tokens_delta",
+                "lm_head.token_adapter.trainable_tokens_delta",
+            },
+        ),
+        (True, {}, {"model.embed_tokens.token_adapter.trainable_tokens_delta"}),
+    ],
+)
+def test_saved_adapter_holds_the_marker_rows_and_reloads_the_trained_model(tmp_path, tied, user, saved_rows):
+    """The saved adapter carries the trained marker rows, and `load_pcl_model` gives the trained model's logits."""
+    from safetensors import safe_open
+
+    model, tokenizer = no_marker_model(tied=tied)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    args = PCLSFTConfig(output_dir=str(tmp_path / "sft"), **cpu_args(max_steps=5, learning_rate=1e-2))
+    trainer = PCLSFTTrainer(
+        str(tmp_path / "base"), args=args, train_dataset=Dataset.from_list(addition_rows(40)),
+        peft_config=LoraConfig(**LORA, **user),
+    )  # fmt: skip
+    marker = trainer.segment_tokens.marker_id
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    with safe_open(str(tmp_path / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = {k.removeprefix("base_model.model.") for k in f.keys()}
+        assert saved_rows <= keys
+        delta = f.get_tensor("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta")
+    trained = trainer.model.get_input_embeddings().weight
+    torch.testing.assert_close(delta[0], trained[marker], rtol=0, atol=0)
+    assert not torch.equal(trained[marker], trained[tokenizer.eos_token_id])
+
+    ids = torch.tensor([tokenizer.encode("3 + 4 = 7") + [marker, tokenizer.convert_tokens_to_ids("5"), 1]])
+    trainer.model.eval()
+    adapter, _, _ = load_pcl_model(str(tmp_path / "adapter"))
+    with torch.no_grad():
+        want = trainer.model(input_ids=ids).logits
+        torch.testing.assert_close(adapter(input_ids=ids).logits, want, rtol=0, atol=0)
+        torch.testing.assert_close(adapter.merge_and_unload()(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
 def test_an_adapter_without_the_pcl_files_is_refused(lora_sft, tmp_path):
     trainer, _ = lora_sft
     plain = str(tmp_path / "plain")
