@@ -145,7 +145,7 @@ def marker_rows(
 
     def ready(model: PreTrainedModel) -> None:
         new = marker_added or len(tokenizer) > embedding_rows(model)
-        resize_for_marker(model, tokenizer, tokens)
+        resize_for_marker(model, tokenizer, tokens, new_marker=new)
         if config is not None and new and train_rows and not filled:
             # The parent wraps the model right after creating it: fill the config it was handed, in place
             config.__dict__.update(train_marker_rows(config, model, tokens.marker_id).__dict__)

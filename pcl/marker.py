@@ -161,8 +161,9 @@ def prepare_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fm
 
     `resize_token_embeddings` gathers partitioned parameters itself under DeepSpeed ZeRO-3.
     """
+    new = fmt.marker not in tokenizer.get_vocab()
     tokens = segment_tokens(tokenizer, fmt, model)
-    resize_for_marker(model, tokenizer, tokens)
+    resize_for_marker(model, tokenizer, tokens, new_marker=new)
     gen = model.generation_config
     eos = gen.eos_token_id
     eos = id_list(eos)
@@ -183,17 +184,23 @@ def embedding_rows(model: PreTrainedModel) -> int:
     return getattr(embed, "original_module", embed).num_embeddings
 
 
-def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens) -> bool:
+def resize_for_marker(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens, new_marker: bool = False
+) -> bool:
     """Resize the embeddings when the tokenizer outgrew them (a newly added marker); return whether it resized.
 
     The marker's new input and output rows start as copies of EOS's rather than the default mean init: the marker
     takes the place of EOS as the stop, and a mean-initialised output row would take ~1/V of the probability mass at
-    every position (on a small vocabulary that stops rollouts mid-answer). `resize_token_embeddings` gathers
-    partitioned parameters itself under DeepSpeed ZeRO-3; the copy gathers them too.
+    every position (on a small vocabulary that stops rollouts mid-answer). A model whose embeddings have spare rows
+    (Qwen2.5: 152064 rows for 151665 tokens) needs no resize, but a `new_marker` lands on an untrained padding row,
+    so it gets EOS's rows too. `resize_token_embeddings` gathers partitioned parameters itself under DeepSpeed ZeRO-3;
+    the copy gathers them too.
     """
-    if len(tokenizer) <= embedding_rows(model):
+    resize = len(tokenizer) > embedding_rows(model)
+    if not (resize or new_marker):
         return False
-    model.resize_token_embeddings(len(tokenizer))
+    if resize:
+        model.resize_token_embeddings(len(tokenizer))
     rows = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()
     if out is not None and out.weight is not rows[0]:
@@ -210,7 +217,7 @@ def resize_for_marker(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     with gather, torch.no_grad():
         for weight in rows:
             weight[tokens.marker_id] = weight[tokens.eos_id]
-    return True
+    return resize
 
 
 def resize_instance(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tokens: SegmentTokens) -> None:

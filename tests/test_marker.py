@@ -162,3 +162,35 @@ def test_new_marker_doubles_a_small_stop_probability():
     assert p < 0.1
     stop = (q[tokens.eos_id] + q[tokens.marker_id]).item()
     assert stop == pytest.approx(2 * p / (1 + p), rel=1e-4) and stop > 1.8 * p
+
+
+@pytest.mark.parametrize("trainer", ["prepare_model", "sft", "grpo"])
+def test_new_marker_on_a_spare_row_starts_from_eos(trainer, tmp_path):
+    """Embeddings with spare rows (Qwen2.5: 152064 rows for 151665 tokens) need no resize for a new marker, whose
+    rows are then an untrained padding row unless PCL copies EOS's rows there too."""
+    import torch
+    from datasets import Dataset
+
+    from pcl import PCLGRPOConfig, PCLGRPOTrainer, PCLSFTConfig, PCLSFTTrainer
+
+    tok = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    model.resize_token_embeddings(len(tok) + 8)  # spare rows, as padded vocabularies have
+    rows = model.get_input_embeddings().weight.shape[0]
+    if trainer == "prepare_model":
+        marker_id = prepare_model(model, tok, SegmentFormat()).marker_id
+    elif trainer == "sft":
+        args = PCLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+        data = Dataset.from_list([{"prompt": "1 + 1 =", "completion": " 2", "self_assessment_reward": 1.0}])
+        marker_id = PCLSFTTrainer(model, args=args, train_dataset=data, processing_class=tok).segment_tokens.marker_id
+    else:
+        args = PCLGRPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False,
+                             per_device_train_batch_size=2, num_generations=2, max_completion_length=4)  # fmt: skip
+        data = Dataset.from_list([{"prompt": "1 + 1 ="}] * 2)
+        trainer = PCLGRPOTrainer(model, lambda completions, **kw: [1.0] * len(completions), args=args,
+                                 train_dataset=data, processing_class=tok)  # fmt: skip
+        marker_id = trainer.segment_tokens.marker_id
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert emb.shape[0] == rows and marker_id < rows  # no resize: the marker took a spare row
+    assert torch.equal(emb[marker_id], emb[tok.eos_token_id])
+    assert torch.equal(head[marker_id], head[tok.eos_token_id])
