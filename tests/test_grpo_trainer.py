@@ -433,7 +433,8 @@ def test_training_lowers_segment_nll(model_dir, tokenizer, tmp_path):
     )  # fmt: skip
     trainer.train()
     logs = [log for log in trainer.state.log_history if "self_assessment/nll" in log]
-    assert logs[-1]["self_assessment/nll"] < 0.5 * logs[0]["self_assessment/nll"]
+    # By default the segment trains the LM head's rows only (the body is the policy's): slower than through the body
+    assert logs[-1]["self_assessment/nll"] < 0.8 * logs[0]["self_assessment/nll"]
     assert all(0.0 <= log["self_assessment/brier"] <= 1.0 for log in logs)
 
 
