@@ -11,8 +11,9 @@ same checkpoint by GRPO arms with the same seed, data, steps and accuracy reward
 - `pcl_w0`: `PCLGRPOTrainer` with `self_assessment_weight=0` (the marker and layout without the segment loss);
 - `pcl_body`: `PCLGRPOTrainer` with `self_assessment_backbone_grad=1` (the segment also trains the model body).
 
-Training and held-out prompts are disjoint. Held-out correctness is measured per item, greedy (0/1) and sampled (the
-fraction of 8 answers sampled at the rollouts' temperature 1 that are right), for the SFT base and every arm; each
+Training and held-out prompts are disjoint. Held-out correctness is measured per item, greedy (0/1) and expected (the
+exact probability that an answer sampled at the rollouts' temperature 1 is the right sum followed by a stop token, with
+no sampling noise), for the SFT base and every arm; each
 arm is compared with `plain` (and `plain` with the base) by a paired bootstrap 95% interval of the accuracy
 difference, per seed and pooled over seeds (items resampled within each seed). The PCL arms also report the fraction
 of held-out answers that `pcl.inference.generate(..., self_score=True)` scores and its AUROC, the stop split (marker /
@@ -44,16 +45,16 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 from pcl import PCLGRPOConfig, PCLGRPOTrainer  # noqa: E402
 from pcl.calibration import auroc  # noqa: E402
 from pcl.inference import generate  # noqa: E402
+from pcl.marker import id_list  # noqa: E402
 from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 
 ARMS = ("plain", "plain_b", "pcl", "pcl_w0", "pcl_body")
-SAMPLES = 8  # sampled answers per held-out prompt, at the rollouts' temperature (1.0)
 COMMON = dict(bf16=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
 SPLIT_SEED = 1234  # the held-out/train split is the same for every seed
 TASK = (
     "a + b (a < 100, b < 10), exact-match reward; held-out pairs disjoint from training pairs; per-item correctness "
-    "greedy (0/1) and sampled (right out of 8 at temperature 1)"
+    "greedy (0/1) and expected (exact probability of the right answer, then a stop, sampled at temperature 1)"
 )
 
 
@@ -90,18 +91,33 @@ def base_model(out: str, train, sft_steps: int, seed: int) -> str:
     return path
 
 
-def correctness(model, tok, held, samples: int = 0) -> list[float]:
-    """Per-item held-out correctness (transformers' generate, the model's own stop ids): greedy (0/1), or with
-    `samples` the fraction of that many answers sampled at temperature 1 that are right."""
+def greedy(model, tok, held) -> list[float]:
+    """Per-item greedy correctness (0/1) on the held-out pairs (transformers' generate, the model's own stop ids)."""
     enc = tok([prompt(a, b) for a, b in held], return_tensors="pt", padding=True)
-    kwargs = dict(do_sample=True, temperature=1.0, top_k=0, num_return_sequences=samples) if samples else {}
-    torch.manual_seed(0)
     with torch.no_grad():
-        ids = model.eval().generate(**enc, max_new_tokens=6, pad_token_id=tok.pad_token_id, **kwargs)
+        ids = model.eval().generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
     texts = tok.batch_decode(ids[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
-    repeated = [pair for pair in held for _ in range(samples or 1)]
-    right = [t.strip() == str(a + b) for t, (a, b) in zip(texts, repeated, strict=True)]
-    return np.asarray(right, dtype=float).reshape(len(held), -1).mean(1).tolist()
+    return [float(t.strip() == str(a + b)) for t, (a, b) in zip(texts, held, strict=True)]
+
+
+def expected(model, tok, held) -> list[float]:
+    """Per-item probability that an answer sampled at temperature 1 is ` {a + b}` followed by one of the model's stop
+    ids: the sampled accuracy in expectation, computed exactly from one forward pass. (Estimating it by sampling adds
+    noise that pairing cannot remove: models with different vocabulary sizes draw different random streams.)"""
+    stops = id_list(model.generation_config.eos_token_id)
+    answers = [f" {a + b}" for a, b in held]
+    enc = tok(
+        [prompt(a, b) + ans for (a, b), ans in zip(held, answers, strict=True)], return_tensors="pt", padding=True
+    )
+    with torch.no_grad():
+        logp = model.eval()(**enc).logits.float().log_softmax(-1)
+    ids, length = enc["input_ids"], enc["input_ids"].size(1)  # left-padded: every answer ends at the last position
+    out = []
+    for i, ans in enumerate(answers):
+        n = len(tok(ans, add_special_tokens=False)["input_ids"])
+        answer = logp[i, length - n - 1 : length - 1].gather(-1, ids[i, length - n :, None]).sum()
+        out.append((answer + logp[i, length - 1, stops].logsumexp(-1)).exp().item())
+    return out
 
 
 def run(kind: str, path: str, out: str, train, held, steps: int, lr: float, seed: int) -> dict:
@@ -127,10 +143,10 @@ def run(kind: str, path: str, out: str, train, held, steps: int, lr: float, seed
     mean = lambda key, part: sum(log.get(key, float("nan")) for log in part) / len(part)  # noqa: E731
     model = trainer.model.eval()
     result = {"reward_first": mean("reward", logs[:k]), "reward_last": mean("reward", logs[-k:])}
-    result["correct"] = correctness(model, tok, held)
+    result["correct"] = greedy(model, tok, held)
     result["greedy_accuracy"] = float(np.mean(result["correct"]))
-    result["sampled"] = correctness(model, tok, held, SAMPLES)
-    result["sampled_accuracy"] = float(np.mean(result["sampled"]))
+    result["expected"] = expected(model, tok, held)
+    result["expected_accuracy"] = float(np.mean(result["expected"]))
     if plain:
         return result
     result["segment_nll_first"] = mean("self_assessment/nll", logs[:k])
@@ -174,7 +190,7 @@ def paired_diff(a: list[list[float]], b: list[list[float]], n_boot: int = 2000, 
 
 
 def comparisons(per_seed: list[dict], key: str) -> dict:
-    """Paired differences of held-out correctness (`key`: "correct" greedy, "sampled"): each PCL arm against plain
+    """Paired differences of held-out correctness (`key`: "correct" greedy, "expected"): each arm against plain
     GRPO, and plain GRPO against its SFT base."""
     arms = [arm for arm in per_seed[0]["arms"] if arm != "plain"]
     pairs = {"plain - base": ("plain", "base"), **{f"{arm} - plain": (arm, "plain") for arm in arms}}
@@ -188,12 +204,12 @@ def comparisons(per_seed: list[dict], key: str) -> dict:
 
 def summary(result: dict) -> dict:
     """A run's metrics for the JSON file, with its per-item correctness (held-out order) kept so every comparison can
-    be recomputed: greedy as a 0/1 string, sampled as the number right out of `SAMPLES`."""
-    out = {k: v for k, v in result.items() if k not in ("correct", "sampled")}
+    be recomputed: greedy as a 0/1 string, expected as probabilities (4 decimals)."""
+    out = {k: v for k, v in result.items() if k not in ("correct", "expected")}
     out["greedy_accuracy"] = float(np.mean(result["correct"]))
-    out["sampled_accuracy"] = float(np.mean(result["sampled"]))
+    out["expected_accuracy"] = float(np.mean(result["expected"]))
     out["correct"] = "".join(str(int(c)) for c in result["correct"])
-    out["sampled_right"] = "".join(str(round(c * SAMPLES)) for c in result["sampled"])
+    out["expected"] = [round(p, 4) for p in result["expected"]]
     return out
 
 
@@ -220,17 +236,17 @@ def main() -> None:
         for seed in args.seeds:
             path = base_model(tmp, train, args.sft_steps, seed)
             tok, model = build_char_tokenizer(marker=None), AutoModelForCausalLM.from_pretrained(path)
-            base = {"correct": correctness(model, tok, held), "sampled": correctness(model, tok, held, SAMPLES)}
+            base = {"correct": greedy(model, tok, held), "expected": expected(model, tok, held)}
             kinds = ["plain", *(arm for arm in args.arms if arm != "plain")]
             arms = {kind: run(kind, path, tmp, train, held, args.steps, args.lr, seed) for kind in kinds}
             per_seed.append({"seed": seed, "base": base, "arms": arms})
-    stats = {"greedy": comparisons(per_seed, "correct"), "sampled": comparisons(per_seed, "sampled")}
+    stats = {"greedy": comparisons(per_seed, "correct"), "expected": comparisons(per_seed, "expected")}
     for s in per_seed:
         print(  # noqa: T201
             f"seed {s['seed']}: base accuracy greedy {np.mean(s['base']['correct']):.3f}, "
-            f"sampled {np.mean(s['base']['sampled']):.3f}"
+            f"expected {np.mean(s['base']['expected']):.3f}"
         )
-        keys = sorted({k for r in s["arms"].values() for k in r if k not in ("correct", "sampled")})
+        keys = sorted({k for r in s["arms"].values() for k in r if k not in ("correct", "expected")})
         print(f"{'metric':<22}" + "".join(f"{k:>10}" for k in s["arms"]))  # noqa: T201
         for key in keys:
             print(f"{key:<22}" + "".join(f"{r.get(key, float('nan')):>10.3f}" for r in s["arms"].values()))  # noqa: T201
