@@ -29,6 +29,15 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
               and lists the EOS ids (not the marker) as `stop_token_ids` in `generation_kwargs`, since vLLM would
               otherwise stop at every EOS id of the checkpoint's generation config, the marker included.
             - `"both"`: `"generated"` plus the teacher-forced NLL of the true score at the written score's position.
+        self_assessment_backbone_grad (`float`, *optional*, defaults to `0.0`):
+            Teacher-forced mode: scale of the segment loss's gradient into the model below the LM head (the body),
+            from the positions after the stop (prefix, score, EOS). The LM-head rows always get the full gradient of
+            `self_assessment_weight`, and the forward pass is unchanged. At `0.0` the score is trained as a readout of
+            the hidden states the policy computes, which the segment term then cannot change: on a model that has
+            never seen the segment (drop-in use), its large, noisy early gradient otherwise drowns GRPO's policy
+            gradient in the shared body and lowers held-out accuracy (measured in `benchmarks/drop_in_control.py`).
+            `1.0` trains the body on the segment too, as PCL-SFT does; consider it once the segment is warm (e.g.
+            after a PCL-SFT stage).
     """
 
     self_assessment_mode: str = field(
@@ -37,6 +46,14 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
             "help": "'teacher_forced' (append the true score), 'generated' (model writes it, Brier consistency "
             "reward), or 'both'.",
             "choices": ["teacher_forced", "generated", "both"],
+        },
+    )
+
+    self_assessment_backbone_grad: float = field(
+        default=0.0,
+        metadata={
+            "help": "Teacher-forced mode: scale of the segment loss's gradient into the model body (below the LM "
+            "head). 0 keeps the segment from changing the policy's hidden states (safe drop-in); 1 trains the body too."
         },
     )
 
@@ -70,4 +87,10 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
             raise ValueError(
                 "`self_assessment_mode` must be 'teacher_forced', 'generated' or 'both', got "
                 f"{self.self_assessment_mode!r}."
+            )
+        scale = self.self_assessment_backbone_grad
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale < float("inf"):
+            raise ValueError(
+                f"`self_assessment_backbone_grad` must be a finite number >= 0 (0: the segment trains only the LM "
+                f"head's rows, 1: the whole model), got {scale!r}."
             )

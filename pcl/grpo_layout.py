@@ -4,8 +4,8 @@
 A rollout that stops at the marker becomes `answer MARKER [prefix] SCORE EOS`. A rollout that stops at an EOS id (a
 model that has not learnt the marker yet) becomes the same: its final EOS is replaced by the marker, so the score is
 always trained in the context it is read in (`prompt + answer + MARKER`). The replaced position stays a policy token:
-the trainer hands the policy loss log p(EOS) there. On every row that gets a segment, log p(MARKER) at the stop joins
-the segment NLL (teaching the stop), whether the marker or an EOS was sampled.
+the trainer hands the policy loss log p(EOS) there. On every row that gets a segment, the stop joins the segment NLL
+(the trainer trains the marker's share of the stop mass there), whether the marker or an EOS was sampled.
 """
 
 import torch
@@ -77,7 +77,7 @@ def append_segments(
         # The sampled EOS becomes the marker; the policy still scores the EOS there (see the trainer)
         output["completion_ids"][r, end - 1] = tokens.marker_id
         stop_index[r], stop_id[r] = end - 1, last
-        nll_mask[r, end - 1] = True  # teach the stop: log p(MARKER) joins the segment NLL on every segmented row
+        nll_mask[r, end - 1] = True  # teach the stop token (marker, not EOS) on every segmented row
         span = slice(end, end + n_seg)
         output["completion_ids"][r, span] = torch.tensor(tokens.assessment_ids(level), device=device)
         output["completion_mask"][r, span] = 1

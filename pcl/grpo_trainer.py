@@ -45,8 +45,11 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
     completion: the segment is attended but carries `tool_mask = 0`. A rollout that stops at EOS instead (any model
     before PCL training) is laid out as `answer MARKER [prefix] SCORE EOS` too, its EOS replaced by the marker, so the
     score is trained where the readout reads it (`prompt + answer + MARKER`). That position stays a policy token: the
-    policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T, and
-    log p(MARKER) joins the segment NLL, teaching the model to stop with the marker. With `"generated"` the model
+    policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T. At
+    every stop the segment NLL gets the marker's share of the stop mass, log p(MARKER) / (p(MARKER) + p(EOS ids)): it
+    teaches which stop token to write, never whether to stop (that is the policy's). The segment after the stop
+    trains the LM head's rows and, scaled by `self_assessment_backbone_grad` (default 0), the model below it, so by
+    default the segment cannot change the hidden states the policy computes. With `"generated"` the model
     writes its own assessment, a Brier consistency reward scores it, and that reward's advantage applies to the
     segment tokens only.
 
@@ -176,6 +179,7 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
         self._pcl_reads = {}  # name -> (rows, positions, ids): LM-head rows to read at those positions
         self._pcl_read_logits = {}
         self._pcl_level_grad = False
+        self._pcl_segment_rows = None  # (rows, positions, factor): hidden states whose gradient is scaled
         attach_hook(self._pcl_base, self._read_head_rows, module=self._pcl_base.base_model)
 
     def _configure_stop_ids(self) -> None:
@@ -328,7 +332,16 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
     def _read_head_rows(self, module, args, output):
         # Backbone forward hook: the logits of a few LM-head rows at requested positions, computed like the model's
         # own logits (its logit transforms) at the fused head's temperature, from the same forward pass
-        if not self._pcl_reads or not hasattr(output, "last_hidden_state"):
+        if not hasattr(output, "last_hidden_state"):
+            return
+        scaled = self._pcl_segment_rows
+        if scaled is not None and output.last_hidden_state.requires_grad and torch.is_grad_enabled():
+            # Scale the segment's gradient into the body: the same values, so the policy loss and readout are unchanged
+            rows, positions, factor = scaled
+            scale = torch.ones_like(output.last_hidden_state[..., :1])
+            scale[rows, positions] = factor
+            output.last_hidden_state.register_hook(lambda grad: grad * scale)
+        if not self._pcl_reads:
             return
         head = self._pcl_base.get_output_embeddings()
         # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: it is read detached.
@@ -352,10 +365,11 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
             # keep exp(ref - logp) finite against zero-padded ref log-probs), and log p(EOS) where the EOS was
             # sampled: log p(EOS) = log p(MARKER) + (z_EOS - z_MARKER) / T, from the same forward pass
             logps = logps.masked_fill(self._pcl_nll_mask & ~self._pcl_stop_mask, 0.0)
-            stop = self._pcl_read_logits.pop("stop", None)
-            if stop is not None:
+            stop = self._pcl_read_logits.get("stop")
+            if stop is not None and self._pcl_eos_sel is not None:
+                which, col = self._pcl_eos_sel
                 rows, cols = self._pcl_eos_mask.nonzero(as_tuple=True)
-                logps = logps.index_put((rows, cols), logps[rows, cols] + stop[:, 0] - stop[:, 1])
+                logps = logps.index_put((rows, cols), logps[rows, cols] + stop[which, col] - stop[which, 0])
         return logps, entropies, aux_loss
 
     def _compute_loss(self, model, inputs):
@@ -380,16 +394,29 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
             self._pcl_eos_mask = torch.zeros_like(self._pcl_nll_mask)  # where the marker replaced a sampled EOS
             eos_rows = eos_rows.nonzero().squeeze(1)
             self._pcl_eos_mask[eos_rows, stop_index[eos_rows]] = True
+            stop_ids = torch.tensor(
+                [self.segment_tokens.marker_id, *self.segment_tokens.eos_ids], device=stop_id.device
+            )
+            self._pcl_eos_sel = None
             if len(eos_rows):
-                marker = torch.full_like(eos_rows, self.segment_tokens.marker_id)
-                ids = torch.stack([stop_id[eos_rows], marker], dim=1)
-                self._pcl_reads["stop"] = (eos_rows, prompt_len + stop_index[eos_rows], ids, True)
+                which = torch.searchsorted(stop_rows, eos_rows)
+                col = (stop_id[eos_rows].unsqueeze(1) == stop_ids).float().argmax(1)
+                self._pcl_eos_sel = (which, col)
+            if len(stop_rows):
+                self._pcl_reads["stop"] = (stop_rows, prompt_len + stop_index[stop_rows], stop_ids, True)
+            scale = self.args.self_assessment_backbone_grad
+            if scale != 1.0 and self.args.self_assessment_weight > 0:
+                # The hidden states that predict the segment after the stop: their gradient is scaled by `scale`
+                seg_rows, seg_cols = (self._pcl_nll_mask & ~self._pcl_stop_mask).nonzero(as_tuple=True)
+                self._pcl_segment_rows = (seg_rows, prompt_len + seg_cols - 1, scale)
         try:
             loss = super()._compute_loss(model, inputs)
         finally:
             self._pcl_reads = {}
+            self._pcl_segment_rows = None
             nll_mask, self._pcl_nll_mask = self._pcl_nll_mask, None
         level_logits = self._pcl_read_logits.pop("level", None)
+        stop_logits = self._pcl_read_logits.pop("stop", None)
         self._pcl_read_logits = {}
 
         # Like the DAPO normaliser: the global item count of the generation batch, rescaled to one micro-batch
@@ -398,7 +425,12 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         level_logp = None if level_logits is None else level_logits.log_softmax(-1)
         if teacher_forced:
-            nll_sum = -(self._pcl_logps * nll_mask).sum()
+            nll_sum = -(self._pcl_logps * (nll_mask & ~self._pcl_stop_mask)).sum()
+            if stop_logits is not None:
+                # At the stop: the marker's share of the stop mass, log p(MARKER) - log sum p(stop ids). Whether to
+                # stop is the policy's to learn; a full-vocabulary log p(MARKER) would raise the stop probability
+                # wherever the rollouts stopped, rewarded or not (answers cut short)
+                nll_sum = nll_sum - (stop_logits[:, 0] - stop_logits.logsumexp(-1)).sum()
             n_items = nll_mask.sum()
             self._pcl_logps = None
         elif self.args.self_assessment_mode == "both" and level_logp is not None:
