@@ -375,11 +375,15 @@ def score_completions(reward_func: Callable, data: datasets.Dataset, completions
 
 
 def prompt_text(prompt: Any) -> str:
-    """Whitespace-normalised prompt text; conversational prompts are joined message contents."""
+    """Whitespace-normalised prompt text; conversational prompts are joined message contents, system messages left
+    out: the question is what a model can memorise, so the same question under another system prompt (or as plain
+    text) is the same prompt for the overlap check and the benchmark's seen marks."""
     if not isinstance(prompt, str):
         if isinstance(prompt, dict):
             prompt = [prompt]
-        prompt = "\n".join(_completion_text([m]) for m in prompt)
+        prompt = "\n".join(
+            _completion_text([m]) for m in prompt if not (isinstance(m, dict) and m.get("role") == "system")
+        )
     return " ".join(prompt.split())
 
 
