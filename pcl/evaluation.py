@@ -30,6 +30,7 @@ from .marker import format_of, load_pcl_model
 from .plots import reliability_diagram, reliability_grid, risk_coverage_plot
 from .readout import written_scores
 from .report import SOURCE_NAMES, plotted_sources, render_report, summary
+from .rewards import REWARD_INPUTS, check_reward_inputs
 from .splits import deduplicate
 from .tasks import TaskSpec, held_out, load_task, make_reward_func, resolve_reward_func, score_completions
 
@@ -272,6 +273,8 @@ def run_calibration(
     """
     if self_consistency_k < 0 or self_consistency_k == 1:
         raise ValueError(f"`self_consistency_k` must be 0 (off) or >= 2 samples, got {self_consistency_k}.")
+    if reward != "task":  # a reward that cannot be called fails now, not after the whole set was generated
+        check_reward_inputs(resolve_reward_func(reward), REWARD_INPUTS, f"the benchmark's reward ({reward})")
     model, tokenizer, tokens = load_pcl_model(model_dir)
     b = _Bench(model, tokenizer, tokens, format_of(model).normalize, reward, max_new_tokens, batch_size, quiet,
                None, self_consistency_k)  # fmt: skip

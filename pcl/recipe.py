@@ -49,6 +49,7 @@ import yaml
 from trl import TrlParser
 
 from .grpo_config import PCLGRPOConfig
+from .rewards import GRPO_REWARD_INPUTS, REWARD_INPUTS, check_reward_inputs
 from .self_labelling import cached_self_labelled_rows, self_labelled_path
 from .sft_config import PCLSFTConfig
 from .splits import DEFAULT_TOLERANCE, check_disjoint
@@ -176,7 +177,19 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
     check_disjoint(
         recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", DEFAULT_TOLERANCE)
     )  # index ranges: cheap
+    _check_rewards(recipe, stages)
     return recipe, stages
+
+
+def _check_rewards(recipe: dict, stages: list[Stage]) -> None:
+    """Resolve every reward the recipe names and check it gets the arguments it needs, before anything is trained."""
+    named = [(f"stages.{s.name}.reward", r, GRPO_REWARD_INPUTS if s.trainer == "grpo" else REWARD_INPUTS)
+             for s in stages for r in s.reward]  # fmt: skip
+    if recipe.get("calibrate"):
+        named.append(("calibrate.reward", recipe["calibrate"].get("reward", "task"), REWARD_INPUTS))
+    for key, ref, available in named:
+        if ref != "task":
+            check_reward_inputs(resolve_reward_func(ref), available, f"`{key}` ({ref})")
 
 
 def recipe_datasets(recipe: dict, stages: list[Stage], training_only: bool = False) -> dict[str, TaskSpec]:

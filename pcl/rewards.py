@@ -7,13 +7,27 @@ Like `trl grpo`, the working directory is importable, so a `rewards.py` beside t
 """
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 
-__all__ = ["import_callable", "math_verify_accuracy", "resolve_reward_func", "trl_reward_funcs"]
+__all__ = [
+    "GRPO_REWARD_INPUTS",
+    "REWARD_INPUTS",
+    "check_reward_inputs",
+    "import_callable",
+    "math_verify_accuracy",
+    "resolve_reward_func",
+    "trl_reward_funcs",
+]
+
+# What a reward gets from PCL: `prompts`, `completions` and a task's columns (`answer`, `task`, `entry`), wherever it
+# is called (self-labelling and the benchmark through `pcl.tasks.score_completions`); GRPOTrainer adds these four
+REWARD_INPUTS = ("prompts", "completions", "answer", "task", "entry")
+GRPO_REWARD_INPUTS = (*REWARD_INPUTS, "completion_ids", "trainer_state", "log_extra", "log_metric")
 
 
 def trl_reward_funcs() -> dict[str, Callable]:
@@ -68,6 +82,26 @@ def resolve_reward_func(ref: str) -> Callable:
     """A reward function by reference: one of TRL's reward names, else :func:`import_callable`."""
     registry = trl_reward_funcs() if isinstance(ref, str) and ":" not in ref and "." not in ref else {}
     return registry[ref] if ref in registry else import_callable(ref)
+
+
+def check_reward_inputs(func: Callable, available: Sequence[str], where: str) -> None:
+    """Refuse a reward whose required arguments are not among `available` (what the caller passes it): it would fail
+    only when first called, after a stage's generation. TRL's `accuracy_reward` and `reasoning_accuracy_reward` read
+    the gold answer from a `solution` column, which PCL's tasks do not have (they name it `answer`)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [p.name for p in params if p.kind in kinds and p.default is p.empty and p.name not in available]
+    if missing:
+        name = getattr(func, "__name__", type(func).__name__)
+        raise ValueError(
+            f"{where}: reward {name!r} needs {missing}, which it would not get: a reward gets {list(available)} "
+            "(`answer` is the task's gold answer, `entry` its source row as JSON). For math answers use "
+            "`pcl.rewards.math_verify_accuracy` (TRL's accuracy_reward on `answer`), or a reward of your own that "
+            "reads `answer` or `entry`."
+        )
 
 
 def _text(completion) -> str:

@@ -135,6 +135,25 @@ def test_training_on_a_test_split_refused(tmp_path):
         load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
 
 
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        # TRL's accuracy rewards read a `solution` column; a task's gold answer is `answer`
+        (["--stages.grpo.reward", "accuracy_reward"], r"`stages.grpo.reward` \(accuracy_reward\): reward "
+         r"'accuracy_reward' needs \['solution'\].*pcl.rewards.math_verify_accuracy"),
+        (["--stages.assess.reward", "trl.rewards.reasoning_accuracy_reward"], r"stages.assess.reward.*\['solution'\]"),
+        # Self-labelling scores without token ids (GRPOTrainer passes them)
+        (["--stages.assess.reward", "get_soft_overlong_punishment"], r"stages.assess.reward.*\['completion_ids'\]"),
+        (["--calibrate.reward", "accuracy_reward"], r"`calibrate.reward` \(accuracy_reward\).*\['solution'\]"),
+    ],
+)  # fmt: skip
+def test_rewards_missing_their_inputs_refused_before_training(argv, match):
+    with pytest.raises(ValueError, match=match):
+        load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), CPU + argv)
+    # What GRPOTrainer passes besides the columns
+    load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), CPU + ["--stages.grpo.reward", "get_soft_overlong_punishment"])
+
+
 @pytest.mark.slow
 def test_paper_recipe_cpu_variant_runs(tmp_path):
     """The paper recipe itself, shrunk to a tiny local model and a few steps: both stages and the benchmark run."""
