@@ -30,7 +30,7 @@ from .marker import format_of, load_pcl_model
 from .plots import reliability_diagram, reliability_grid, risk_coverage_plot
 from .readout import written_scores
 from .report import SOURCE_NAMES, plotted_sources, render_report, summary
-from .rewards import REWARD_INPUTS, check_reward_inputs
+from .rewards import REWARD_INPUTS, check_reward_inputs, math_verify_accuracy
 from .splits import deduplicate
 from .tasks import TaskSpec, held_out, load_task, make_reward_func, resolve_reward_func, score_completions
 
@@ -118,14 +118,28 @@ def _answers_and_confidences(model, tokenizer, tokens, prompts, max_new_tokens, 
     return gens, features, confidences, written, timing
 
 
-def answer_key(task: TaskSpec) -> Callable[[str], str]:
+def answer_key(task: TaskSpec, reward: str = "task") -> Callable[[str], str]:
     """How the task's verifier compares answers, as a key: equal keys are the same answer.
 
     reasoning-gym verifiers compare the stripped answer with the gold string; JSONL and dataset tasks also compare as
-    numbers.
+    numbers. Under `pcl.rewards.math_verify_accuracy` an answer is what math-verify reads from it (the boxed or last
+    number), so two worked solutions that end in the same number agree, as the reward would judge them.
     """
     if task.is_reasoning_gym:
         return str.strip
+    if reward != "task" and resolve_reward_func(reward) is math_verify_accuracy:
+        from math_verify import parse
+
+        def math_key(text: str) -> str:
+            parsed = parse(text, parsing_timeout=None)  # no signal-based timeout: see math_verify_accuracy
+            if not parsed:
+                return text.strip()
+            try:
+                return repr(float(parsed[0]))  # "18", "18.00" and "18,000"/1000 forms compare as numbers
+            except (TypeError, ValueError):
+                return str(parsed[0])
+
+        return math_key
 
     def key(text: str) -> str:
         text = text.strip()
@@ -236,7 +250,7 @@ def _evaluate_split(b: _Bench, split: str, task: TaskSpec, data, timed: bool) ->
     if b.self_consistency_k:
         confidences["self_consistency"], timing["self_consistency_s"] = _self_consistency(
             b.model, b.tokenizer, b.tokens, data["prompt"], [g.text for g in gens], b.self_consistency_k,
-            b.max_new_tokens, b.batch_size, answer_key(task), seed=0,
+            b.max_new_tokens, b.batch_size, answer_key(task, b.reward), seed=0,
         )  # fmt: skip
     correct = _score(b.reward_func(task), data, [g.text for g in gens], b.normalize)
     return _item_rows(split, data, gens, correct, confidences, difficulty), gens, written, timing
