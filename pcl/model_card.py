@@ -5,15 +5,17 @@ range, the readout temperature, and how to read the self-score.
 
 TRL writes its card only into `args.output_dir` (from `_save_checkpoint` and `push_to_hub`), so a checkpoint
 directory, or a model saved elsewhere with `save_model(path)`, would carry none; `PCLModelCard.save_model` writes it
-beside every saved model. `push_to_hub` is TRL's, unchanged: it calls `create_model_card`, which adds the section.
+beside every saved model (its snippet loading that directory), but leaves a README.md there that is not a generated
+model card (the user's own) as it is. `push_to_hub` is TRL's, unchanged: it calls `create_model_card`, which adds the section.
 """
 
-import os
-import shutil
+import logging
 from pathlib import Path
 
 from .marker import format_of, readout_temperature, text_tokenizer
 
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PCLModelCard", "pcl_card_section"]
 
@@ -67,7 +69,16 @@ vLLM, which stops at the marker through the same generation config).
 class PCLModelCard:
     """Mixin of the PCL trainers (listed before the TRL trainer): overrides `create_model_card` (TRL's card, with
     [`pcl_card_section`] before its "Training procedure") and `save_model` (TRL's, plus the card in the saved
-    directory). Nothing else."""
+    directory, whose snippet loads that directory). Nothing else."""
+
+    def _pcl_section(self, load_from: str) -> str:
+        return pcl_card_section(self.model, text_tokenizer(self.processing_class), load_from, self.args.hub_model_id)
+
+    def _with_pcl_section(self, card: str, load_from: str) -> str:
+        section = self._pcl_section(load_from)
+        # Before TRL's training details and citations, where a reader of the card looks for how to use the model
+        anchor = "\n## Training procedure"
+        return card.replace(anchor, f"\n{section}{anchor}", 1) if anchor in card else f"{card.rstrip()}\n\n{section}"
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
@@ -75,19 +86,24 @@ class PCLModelCard:
             return
         readme = Path(self.args.output_dir) / "README.md"
         card = readme.read_text(encoding="utf-8")  # written afresh by TRL just now
-        section = pcl_card_section(self.model, text_tokenizer(self.processing_class), self.args.output_dir,
-                                   self.args.hub_model_id)  # fmt: skip
-        # Before TRL's training details and citations, where a reader of the card looks for how to use the model
-        anchor = "\n## Training procedure"
-        card = card.replace(anchor, f"\n{section}{anchor}", 1) if anchor in card else f"{card.rstrip()}\n\n{section}"
-        readme.write_text(card, encoding="utf-8")
+        readme.write_text(self._with_pcl_section(card, self.args.output_dir), encoding="utf-8")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         if not self.is_world_process_zero():
             return
+        target = Path(output_dir or self.args.output_dir)
+        if target.resolve() != Path(self.args.output_dir).resolve() and (target / "README.md").is_file():
+            existing = (target / "README.md").read_text(encoding="utf-8")
+            # TRL's and transformers' cards carry this tag; any other README is the user's, which TRL never overwrites
+            if "generated_from_trainer" not in existing and SECTION_TITLE not in existing:
+                logger.warning(f"{target / 'README.md'} is not a generated model card: left as it is (the PCL model "
+                               f"card is in {Path(self.args.output_dir) / 'README.md'}).")  # fmt: skip
+                target = None
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
         self.create_model_card(model_name=name)  # like TRL's `_save_checkpoint`: into args.output_dir
-        target = output_dir or self.args.output_dir
-        if os.path.abspath(target) != os.path.abspath(self.args.output_dir):
-            shutil.copyfile(Path(self.args.output_dir) / "README.md", Path(target) / "README.md")
+        if target is not None and target.resolve() != Path(self.args.output_dir).resolve():
+            # TRL's card as written for args.output_dir, with the snippet loading the directory the card is in
+            card = (Path(self.args.output_dir) / "README.md").read_text(encoding="utf-8")
+            card = card.replace(self._pcl_section(self.args.output_dir), self._pcl_section(str(target)), 1)
+            (target / "README.md").write_text(card, encoding="utf-8")

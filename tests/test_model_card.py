@@ -49,6 +49,8 @@ def test_sft_checkpoint_and_final_model_carry_the_card(tiny_model, tokenizer, tm
         assert f"| Marker | `<|post_completion|>` (token id {marker_id}) |" in card
         assert "| Score levels | 5 (level k means a normalised reward of k / 4) |" in card
         assert "| Readout temperature | 1 |" in card and "| Reward range | [0, 1] (normalised to [0, 1]) |" in card
+        # The snippet loads the directory the card is in (`out` holds no model until the final save)
+        assert f'load_pcl_model("{directory}")' in card_python(card)
     # The card's snippet runs as written on the saved model (a shorter generation for the tiny model)
     namespace = {}
     exec(card_python(card).replace("max_new_tokens=64", "max_new_tokens=4"), namespace)
@@ -73,3 +75,25 @@ def test_grpo_card_in_a_model_saved_elsewhere(model_dir, tokenizer, tmp_path):
     assert 'load_pcl_model(snapshot_download("someone/pcl-model"))' in code
     assert "from huggingface_hub import snapshot_download" in code
     assert card == (tmp_path / "run" / "README.md").read_text()
+
+
+def test_card_beside_a_model_saved_elsewhere_runs_there_and_keeps_a_users_readme(tiny_model, tokenizer, tmp_path):
+    args = PCLSFTConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, **cpu_args(max_steps=1))
+    trainer = PCLSFTTrainer(tiny_model, args, train_dataset=Dataset.from_list(addition_rows(8)),
+                            processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    trainer.save_model(str(tmp_path / "elsewhere"))
+    code = card_python((tmp_path / "elsewhere" / "README.md").read_text())
+    assert f'load_pcl_model("{tmp_path / "elsewhere"}")' in code
+    namespace = {}
+    exec(code.replace("max_new_tokens=64", "max_new_tokens=4"), namespace)  # runs on the model beside the card
+    assert len(namespace["out"]) == 1
+    trainer.save_model(str(tmp_path / "elsewhere"))  # a generated card is replaced
+    assert (tmp_path / "elsewhere" / "README.md").read_text().count("## Post-Completion Learning (PCL)") == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.md").write_text("# My notes on this model\n")
+    trainer.save_model(str(tmp_path / "mine"))  # the user's README stays, as TRL leaves it
+    assert (tmp_path / "mine" / "README.md").read_text() == "# My notes on this model\n"
+    assert (tmp_path / "mine" / "config.json").is_file() and "## Post-Completion" in (
+        tmp_path / "run" / "README.md"
+    ).read_text()
