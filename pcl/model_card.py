@@ -22,11 +22,29 @@ __all__ = ["PCLModelCard", "pcl_card_section"]
 SECTION_TITLE = "## Post-Completion Learning (PCL)"
 
 
-def pcl_card_section(model, tokenizer, load_from: str, hub_model_id: str | None = None) -> str:
+def _auto_reward_range(targets) -> str | None:
+    """PCL-GRPO's auto mapping of rewards to the score, when it is not the identity on one reward in [0, 1] (the
+    config's `reward_range` is then (0, 1), the mapped range, which alone would misstate what the score predicts)."""
+    if targets is None or not targets.auto:
+        return None
+    if len(targets.names) == 1 and not targets.is_model[0] and list(targets.ranges[0]) == [0.0, 1.0]:
+        return None
+    funcs = ", ".join(
+        f"`{name}` through a sigmoid" if is_model else f"`{name}` by its range [{lo:g}, {hi:g}]"
+        for name, is_model, (lo, hi) in zip(targets.names, targets.is_model, targets.ranges, strict=True)
+    )
+    weights = ", ".join(f"{w:g}" for w in targets.weights.tolist())
+    return (f"auto: each reward mapped to [0, 1] ({funcs}), their sum weighted by [{weights}] normalised by the "
+            "weights' bounds")  # fmt: skip
+
+
+def pcl_card_section(model, tokenizer, load_from: str, hub_model_id: str | None = None, reward_targets=None) -> str:
     """The card's PCL section, from the format saved in the model's config; the snippet loads `hub_model_id` (through
-    `snapshot_download`) when given, else the directory `load_from`."""
+    `snapshot_download`) when given, else the directory `load_from`. `reward_targets` (PCL-GRPO's
+    `pcl.reward_targets.RewardTargets`) describes an auto reward mapping."""
     fmt = format_of(model)
     lo, hi = fmt.reward_range
+    reward_range = _auto_reward_range(reward_targets) or f"[{lo:g}, {hi:g}] (normalised to [0, 1])"
     marker_id = tokenizer.convert_tokens_to_ids(fmt.marker)
     if hub_model_id:
         imports, path = "from huggingface_hub import snapshot_download\n", f'snapshot_download("{hub_model_id}")'
@@ -46,7 +64,7 @@ inference and costs nothing. The self-score is read from the model's distributio
 |---|---|
 | Marker | `{fmt.marker}` (token id {marker_id}) |
 | Score levels | {fmt.levels} (level k means a normalised reward of k / {fmt.levels - 1}) |
-| Reward range | [{lo:g}, {hi:g}] (normalised to [0, 1]) |
+| Reward range | {reward_range} |
 | Prefix after the marker | {prefix} |
 | Readout temperature | {readout_temperature(model):g} |
 
@@ -72,7 +90,8 @@ class PCLModelCard:
     directory, whose snippet loads that directory). Nothing else."""
 
     def _pcl_section(self, load_from: str) -> str:
-        return pcl_card_section(self.model, text_tokenizer(self.processing_class), load_from, self.args.hub_model_id)
+        return pcl_card_section(self.model, text_tokenizer(self.processing_class), load_from, self.args.hub_model_id,
+                                getattr(self, "_pcl_reward_targets", None))  # fmt: skip
 
     def _with_pcl_section(self, card: str, load_from: str) -> str:
         section = self._pcl_section(load_from)

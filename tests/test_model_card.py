@@ -97,3 +97,25 @@ def test_card_beside_a_model_saved_elsewhere_runs_there_and_keeps_a_users_readme
     assert (tmp_path / "mine" / "config.json").is_file() and "## Post-Completion" in (
         tmp_path / "run" / "README.md"
     ).read_text()
+
+
+def test_grpo_card_states_an_auto_reward_mapping(model_dir, tokenizer, tmp_path):
+    """Auto mode with two rewards, one of them on [0, 2]: the score predicts their mapped, weighted sum, not a reward
+    in the config's [0, 1], and the card says so (the ranges as the run saw them)."""
+
+    def correct(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    def stars(completions, **kwargs):
+        return [2.0] * len(completions)
+
+    args = PCLGRPOConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=4,
+                         max_completion_length=8, log_completions=False, **cpu_args(max_steps=1))  # fmt: skip
+    prompts = Dataset.from_list([{"prompt": f"{a} + 1 ="} for a in range(4)])
+    trainer = PCLGRPOTrainer(model_dir, reward_funcs=[correct, stars], args=args, train_dataset=prompts,
+                             processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert ("| Reward range | auto: each reward mapped to [0, 1] (`correct` by its range [0, 1], `stars` by its range "
+            "[0, 2]), their sum weighted by [1, 1] normalised by the weights' bounds |") in card  # fmt: skip
