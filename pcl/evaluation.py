@@ -131,13 +131,17 @@ def answer_key(task: TaskSpec, reward: str = "task") -> Callable[[str], str]:
         from math_verify import parse
 
         def math_key(text: str) -> str:
-            parsed = parse(text, parsing_timeout=None)  # no signal-based timeout: see math_verify_accuracy
+            parsed = parse(text, parsing_timeout=10)  # time-limited, as in math_verify_accuracy
             if not parsed:
                 return text.strip()
+            # The extracted text, not the sympy value, whose evaluation can run for ever (`9^9^9^9`); "18", "18.00"
+            # and "1,000"/"1000" compare as numbers
+            extracted = str(parsed[-1]).replace(",", "")
             try:
-                return repr(float(parsed[0]))  # "18", "18.00" and "18,000"/1000 forms compare as numbers
-            except (TypeError, ValueError):
-                return str(parsed[0])
+                value = float(extracted)
+            except ValueError:
+                return extracted
+            return repr(value) if np.isfinite(value) else extracted
 
         return math_key
 

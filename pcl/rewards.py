@@ -111,18 +111,23 @@ def _text(completion) -> str:
 def math_verify_accuracy(completions: Sequence, answer: Sequence[str], **kwargs) -> list[float | None]:
     """1.0 when math-verify finds the gold `answer` in the completion (boxed or last number), else 0.0.
 
-    Gold answers that math-verify cannot parse give `None` (no reward, so no self-assessment target either).
+    Gold answers that math-verify cannot parse give `None` (no reward, so no self-assessment target either). As TRL's
+    `accuracy_reward`: parsing and comparing are time-limited on the main thread (an answer such as `9^9^9^9` would
+    otherwise be evaluated for ever, stopping training); math-verify's timeouts use signals, which work only there,
+    so on another thread they are off.
     """
+    import threading
+
     from math_verify import parse, verify
 
+    main = threading.current_thread() is threading.main_thread()
+    parsing_timeout, verify_timeout = (10, 5) if main else (None, None)
     rewards = []
     for completion, gold in zip(completions, answer, strict=True):
-        parsed_gold = parse(str(gold), parsing_timeout=None)
+        parsed_gold = parse(str(gold), parsing_timeout=parsing_timeout)
         if not parsed_gold:
             rewards.append(None)
             continue
-        # Timeouts use signals, which only work on the main thread; TRL may call rewards from a worker thread
-        rewards.append(
-            float(verify(parsed_gold, parse(_text(completion), parsing_timeout=None), timeout_seconds=None))
-        )
+        parsed = parse(_text(completion), parsing_timeout=parsing_timeout)
+        rewards.append(float(verify(parsed_gold, parsed, timeout_seconds=verify_timeout)))
     return rewards

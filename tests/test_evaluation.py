@@ -339,4 +339,5 @@ def test_answer_key_under_math_verify_compares_final_numbers():
     same = ["She has 3 + 4 = <<3+4=7>>7.\n#### 1,007", "1000 + 7 = 1007 apples\n#### 1007", "\\boxed{1007.0}"]
     assert len({key(t) for t in same}) == 1
     assert key("She has 3 + 4 = 7.\n#### 1,008") != key(same[0]) and key("no number") == "no number"
+    assert key("so 9^9^9^9") == "9^9^9^9"  # the extracted text: its value is never computed
     assert evaluation.answer_key(spec)(same[0]) != evaluation.answer_key(spec)(same[1])  # reward: task

@@ -1,6 +1,10 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Reward functions by reference, as `trl grpo --reward_funcs` takes them, and PCL's math-verify reward."""
 
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from trl.rewards import accuracy_reward, think_format_reward
 
@@ -86,3 +90,19 @@ def test_check_reward_inputs():
     check_reward_inputs(overlong, GRPO_REWARD_INPUTS, "where")
     with pytest.raises(ValueError, match=r"needs \['completion_ids'\]"):
         check_reward_inputs(overlong, REWARD_INPUTS, "where")
+
+
+def test_math_verify_accuracy_is_time_limited():
+    """An answer whose value cannot be computed (`9^9^9^9`) scores 0 within math-verify's timeouts, as in TRL's
+    accuracy_reward, instead of stopping training (without the timeouts it ran for over a minute); run in a
+    subprocess, so a regression fails the test instead of hanging it."""
+    code = ("from pcl.rewards import math_verify_accuracy; "
+            "print(math_verify_accuracy(['so the answer is 9^9^9^9', '#### 72'], ['72', '72']))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[0.0, 1.0]"
+
+
+def test_math_verify_accuracy_off_the_main_thread():
+    """Signals work only on the main thread: elsewhere the timeouts are off and the reward still works."""
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(math_verify_accuracy, ["#### 1,000", "It is 71."], ["1000", "72"]).result() == [1.0, 0.0]
