@@ -136,6 +136,13 @@ def test_bad_specs_refused_at_construction(spec, match):
         TaskSpec.from_dict(spec)
 
 
+@pytest.mark.parametrize("key, value", [("size", 100), ("seed", 5), ("strip_prefix", False), ("config", {"a": 1})])
+def test_generator_keys_refused_in_the_python_constructor_too(key, value):
+    """`TaskSpec(dataset_name=..., size=100)` would load the whole split, ignoring `size`: refused like in a recipe."""
+    with pytest.raises(ValueError, match=rf"\['{key}'\] apply to reasoning-gym tasks only.*split slice"):
+        TaskSpec(dataset_name="d", dataset_train_split="train", **{key: value})
+
+
 def test_load_errors_name_the_fix(tmp_path):
     path = write_gsm8k_like(tmp_path / "gsm8k")
     with pytest.raises(ValueError, match=r"no column \['prompt'\]; its columns are \['question', 'answer'\]"):
