@@ -108,21 +108,27 @@ class PCLModelCard:
         readme.write_text(self._with_pcl_section(card, self.args.output_dir), encoding="utf-8")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        target, own = Path(output_dir or self.args.output_dir), Path(self.args.output_dir)
+        elsewhere = target.resolve() != own.resolve()
+        # Read before saving: PEFT's `save_pretrained` writes or updates a README.md of its own there
+        readme = target / "README.md"
+        users = elsewhere and readme.is_file() and not _generated_card(readme.read_text(encoding="utf-8"))
         super().save_model(output_dir, _internal_call)
         if not self.is_world_process_zero():
             return
-        target = Path(output_dir or self.args.output_dir)
-        if target.resolve() != Path(self.args.output_dir).resolve() and (target / "README.md").is_file():
-            existing = (target / "README.md").read_text(encoding="utf-8")
-            # TRL's and transformers' cards carry this tag; any other README is the user's, which TRL never overwrites
-            if "generated_from_trainer" not in existing and SECTION_TITLE not in existing:
-                logger.warning(f"{target / 'README.md'} is not a generated model card: left as it is (the PCL model "
-                               f"card is in {Path(self.args.output_dir) / 'README.md'}).")  # fmt: skip
-                target = None
-        name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
+        name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else own.name
         self.create_model_card(model_name=name)  # like TRL's `_save_checkpoint`: into args.output_dir
-        if target is not None and target.resolve() != Path(self.args.output_dir).resolve():
+        if users:  # TRL never writes a card outside output_dir: the user's README stays theirs
+            logger.warning(f"{readme} is not a generated model card: left as it is (the PCL model card is in "
+                           f"{own / 'README.md'}).")  # fmt: skip
+        elif elsewhere:
             # TRL's card as written for args.output_dir, with the snippet loading the directory the card is in
-            card = (Path(self.args.output_dir) / "README.md").read_text(encoding="utf-8")
-            card = card.replace(self._pcl_section(self.args.output_dir), self._pcl_section(str(target)), 1)
-            (target / "README.md").write_text(card, encoding="utf-8")
+            card = (own / "README.md").read_text(encoding="utf-8")
+            readme.write_text(card.replace(self._pcl_section(str(own)), self._pcl_section(str(target)), 1),
+                              encoding="utf-8")  # fmt: skip
+
+
+def _generated_card(text: str) -> bool:
+    """Whether a README.md is a card a trainer wrote (TRL's and transformers' carry `generated_from_trainer`; PCL's its
+    section), not the user's own."""
+    return "generated_from_trainer" in text or SECTION_TITLE in text

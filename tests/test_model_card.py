@@ -119,3 +119,21 @@ def test_grpo_card_states_an_auto_reward_mapping(model_dir, tokenizer, tmp_path)
     card = (tmp_path / "run" / "README.md").read_text()
     assert ("| Reward range | auto: each reward mapped to [0, 1] (`correct` by its range [0, 1], `stars` by its range "
             "[0, 2]), their sum weighted by [1, 1] normalised by the weights' bounds |") in card  # fmt: skip
+
+
+def test_adapter_directory_gets_the_card(model_dir, tmp_path):
+    """PEFT's `save_pretrained` writes a README.md of its own into an adapter directory: that generated card is
+    replaced by the PCL card (only a README.md that was there before the save, the user's, is kept)."""
+    from peft import LoraConfig
+
+    args = PCLSFTConfig(output_dir=str(tmp_path / "sft"), **cpu_args(max_steps=1, per_device_train_batch_size=8))
+    trainer = PCLSFTTrainer(model_dir, args=args, train_dataset=Dataset.from_list(addition_rows(8)),
+                            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "## Post-Completion Learning (PCL)" in card
+    assert f'load_pcl_model("{tmp_path / "adapter"}")' in card_python(card)
+    namespace = {}
+    exec(card_python(card).replace("max_new_tokens=64", "max_new_tokens=4"), namespace)  # the adapter on its base
+    assert type(namespace["model"]).__name__ == "PeftModel" and 0 <= namespace["out"][0].self_score <= 1
