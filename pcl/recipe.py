@@ -289,11 +289,17 @@ def _stage_dataset(stage: Stage, model, tokenizer, resume: bool = False):
     if stage.trainer == "grpo":
         return data
     # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
-    data = data.map(lambda row: {"completion": " " + row["answer"]}, remove_columns=["answer", "task", "entry"])
+    chat = not isinstance(data[0]["prompt"], str)
+
+    def gold(row):  # a conversational prompt takes a conversational completion: SFTTrainer refuses a mix
+        return {"completion": [{"role": "assistant", "content": row["answer"]}] if chat else " " + row["answer"]}
+
+    data = data.map(gold, remove_columns=["answer", "task", "entry"])
     if stage.self_labelled is None:
         return data
-    if not isinstance(data[0]["prompt"], str):  # one dataset cannot mix chat and text rows: render both as text
-        data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer)})
+    if chat:  # one dataset cannot mix chat and text rows: render both as text
+        data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer),
+                                     "completion": " " + row["completion"][0]["content"]})  # fmt: skip
     rows = cached_self_labelled_rows(stage, model, tokenizer, resume)
     own = Dataset.from_dict(
         {
