@@ -182,9 +182,10 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
 
 
 def _check_rewards(recipe: dict, stages: list[Stage]) -> None:
-    """Resolve every reward the recipe names and check it gets the arguments it needs, before anything is trained."""
+    """Resolve every reward the recipe calls and check it gets the arguments it needs, before anything is trained (an
+    SFT stage calls its reward only to score self-labelled answers)."""
     named = [(f"stages.{s.name}.reward", r, GRPO_REWARD_INPUTS if s.trainer == "grpo" else REWARD_INPUTS)
-             for s in stages for r in s.reward]  # fmt: skip
+             for s in stages if s.trainer == "grpo" or s.self_labelled is not None for r in s.reward]  # fmt: skip
     if recipe.get("calibrate"):
         named.append(("calibrate.reward", recipe["calibrate"].get("reward", "task"), REWARD_INPUTS))
     for key, ref, available in named:

@@ -173,8 +173,10 @@ def test_training_on_a_test_split_refused(tmp_path):
 def test_rewards_missing_their_inputs_refused_before_training(argv, match):
     with pytest.raises(ValueError, match=match):
         load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), CPU + argv)
-    # What GRPOTrainer passes besides the columns
+    # What GRPOTrainer passes besides the columns; an SFT stage without self-labelling calls no reward
     load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), CPU + ["--stages.grpo.reward", "get_soft_overlong_punishment"])
+    load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"),
+                CPU + ["--stages.assess.self_labelled", "null", "--stages.assess.reward", "accuracy_reward"])  # fmt: skip
 
 
 @pytest.mark.slow
