@@ -109,23 +109,24 @@ class PCLModelCard:
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         target, own = Path(output_dir or self.args.output_dir), Path(self.args.output_dir)
-        elsewhere = target.resolve() != own.resolve()
         # Read before saving: PEFT's `save_pretrained` writes or updates a README.md of its own there
-        readme = target / "README.md"
-        users = elsewhere and readme.is_file() and not _generated_card(readme.read_text(encoding="utf-8"))
+        users = {}
+        for readme in (target / "README.md", own / "README.md"):
+            if readme.is_file() and not _generated_card(text := readme.read_text(encoding="utf-8")):
+                users[readme.resolve()] = text
         super().save_model(output_dir, _internal_call)
         if not self.is_world_process_zero():
             return
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else own.name
         self.create_model_card(model_name=name)  # like TRL's `_save_checkpoint`: into args.output_dir
-        if users:  # TRL never writes a card outside output_dir: the user's README stays theirs
-            logger.warning(f"{readme} is not a generated model card: left as it is (the PCL model card is in "
-                           f"{own / 'README.md'}).")  # fmt: skip
-        elif elsewhere:
+        if target.resolve() != own.resolve():
             # TRL's card as written for args.output_dir, with the snippet loading the directory the card is in
             card = (own / "README.md").read_text(encoding="utf-8")
-            readme.write_text(card.replace(self._pcl_section(str(own)), self._pcl_section(str(target)), 1),
-                              encoding="utf-8")  # fmt: skip
+            card = card.replace(self._pcl_section(self.args.output_dir), self._pcl_section(str(target)), 1)
+            (target / "README.md").write_text(card, encoding="utf-8")
+        for readme, text in users.items():  # TRL's `save_model` writes no card: a README of the user's stays theirs
+            readme.write_text(text, encoding="utf-8")
+            logger.warning(f"{readme} is not a generated model card: left as it is (no PCL model card there).")
 
 
 def _generated_card(text: str) -> bool:

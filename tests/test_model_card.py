@@ -97,6 +97,12 @@ def test_card_beside_a_model_saved_elsewhere_runs_there_and_keeps_a_users_readme
     assert (tmp_path / "mine" / "config.json").is_file() and "## Post-Completion" in (
         tmp_path / "run" / "README.md"
     ).read_text()
+    # In output_dir too: with save_strategy "no" TRL writes no card there, so a README of the user's stays
+    (tmp_path / "run" / "README.md").write_text("# Run notes\n")
+    trainer.save_model()
+    trainer.save_model(str(tmp_path / "again"))  # a card elsewhere still gets made from TRL's
+    assert (tmp_path / "run" / "README.md").read_text() == "# Run notes\n"
+    assert f'load_pcl_model("{tmp_path / "again"}")' in card_python((tmp_path / "again" / "README.md").read_text())
 
 
 def test_grpo_card_states_an_auto_reward_mapping(model_dir, tokenizer, tmp_path):
