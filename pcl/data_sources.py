@@ -15,6 +15,7 @@ function can read any of the row's columns; :func:`encode_entry` / :func:`decode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -145,8 +146,11 @@ def check_dataset_spec(spec: TaskSpec) -> None:
     for key in ("prompt_column", "answer_column"):
         if not isinstance(getattr(spec, key), str) or not getattr(spec, key):
             raise ValueError(f"{where}: {key} must be a column name, got {getattr(spec, key)!r}")
-    if spec.config:
-        check_generator_keys(["config"])
+    # Keys given to `TaskSpec(...)` directly (`from_dict` refuses them by name): non-default values would be ignored
+    fields = {f.name: f for f in dataclasses.fields(spec)}
+    default = {k: fields[k].default_factory() if fields[k].default is dataclasses.MISSING else fields[k].default
+               for k in _GENERATOR_KEYS}  # fmt: skip
+    check_generator_keys([k for k in _GENERATOR_KEYS if getattr(spec, k) != default[k]])
     _extractor(spec)  # an unknown extractor fails now, not after the first stage trained
 
 

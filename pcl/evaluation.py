@@ -30,6 +30,7 @@ from .marker import format_of, load_pcl_model
 from .plots import reliability_diagram, reliability_grid, risk_coverage_plot
 from .readout import written_scores
 from .report import SOURCE_NAMES, plotted_sources, render_report, summary
+from .rewards import REWARD_INPUTS, check_reward_inputs, math_verify_accuracy
 from .splits import deduplicate
 from .tasks import TaskSpec, held_out, load_task, make_reward_func, resolve_reward_func, score_completions
 
@@ -117,14 +118,32 @@ def _answers_and_confidences(model, tokenizer, tokens, prompts, max_new_tokens, 
     return gens, features, confidences, written, timing
 
 
-def answer_key(task: TaskSpec) -> Callable[[str], str]:
+def answer_key(task: TaskSpec, reward: str = "task") -> Callable[[str], str]:
     """How the task's verifier compares answers, as a key: equal keys are the same answer.
 
     reasoning-gym verifiers compare the stripped answer with the gold string; JSONL and dataset tasks also compare as
-    numbers.
+    numbers. Under `pcl.rewards.math_verify_accuracy` an answer is what math-verify reads from it (the boxed or last
+    number), so two worked solutions that end in the same number agree, as the reward would judge them.
     """
     if task.is_reasoning_gym:
         return str.strip
+    if reward != "task" and resolve_reward_func(reward) is math_verify_accuracy:
+        from math_verify import parse
+
+        def math_key(text: str) -> str:
+            parsed = parse(text, parsing_timeout=10)  # time-limited, as in math_verify_accuracy
+            if not parsed:
+                return text.strip()
+            # The extracted text, not the sympy value, whose evaluation can run for ever (`9^9^9^9`); "18", "18.00"
+            # and "1,000"/"1000" compare as numbers
+            extracted = str(parsed[-1]).replace(",", "")
+            try:
+                value = float(extracted)
+            except ValueError:
+                return extracted
+            return repr(value) if np.isfinite(value) else extracted
+
+        return math_key
 
     def key(text: str) -> str:
         text = text.strip()
@@ -235,7 +254,7 @@ def _evaluate_split(b: _Bench, split: str, task: TaskSpec, data, timed: bool) ->
     if b.self_consistency_k:
         confidences["self_consistency"], timing["self_consistency_s"] = _self_consistency(
             b.model, b.tokenizer, b.tokens, data["prompt"], [g.text for g in gens], b.self_consistency_k,
-            b.max_new_tokens, b.batch_size, answer_key(task), seed=0,
+            b.max_new_tokens, b.batch_size, answer_key(task, b.reward), seed=0,
         )  # fmt: skip
     correct = _score(b.reward_func(task), data, [g.text for g in gens], b.normalize)
     return _item_rows(split, data, gens, correct, confidences, difficulty), gens, written, timing
@@ -272,6 +291,8 @@ def run_calibration(
     """
     if self_consistency_k < 0 or self_consistency_k == 1:
         raise ValueError(f"`self_consistency_k` must be 0 (off) or >= 2 samples, got {self_consistency_k}.")
+    if reward != "task":  # a reward that cannot be called fails now, not after the whole set was generated
+        check_reward_inputs(resolve_reward_func(reward), REWARD_INPUTS, f"the benchmark's reward ({reward})")
     model, tokenizer, tokens = load_pcl_model(model_dir)
     b = _Bench(model, tokenizer, tokens, format_of(model).normalize, reward, max_new_tokens, batch_size, quiet,
                None, self_consistency_k)  # fmt: skip

@@ -49,6 +49,7 @@ import yaml
 from trl import TrlParser
 
 from .grpo_config import PCLGRPOConfig
+from .rewards import GRPO_REWARD_INPUTS, REWARD_INPUTS, check_reward_inputs
 from .self_labelling import cached_self_labelled_rows, self_labelled_path
 from .sft_config import PCLSFTConfig
 from .splits import DEFAULT_TOLERANCE, check_disjoint
@@ -176,7 +177,20 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
     check_disjoint(
         recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", DEFAULT_TOLERANCE)
     )  # index ranges: cheap
+    _check_rewards(recipe, stages)
     return recipe, stages
+
+
+def _check_rewards(recipe: dict, stages: list[Stage]) -> None:
+    """Resolve every reward the recipe calls and check it gets the arguments it needs, before anything is trained (an
+    SFT stage calls its reward only to score self-labelled answers)."""
+    named = [(f"stages.{s.name}.reward", r, GRPO_REWARD_INPUTS if s.trainer == "grpo" else REWARD_INPUTS)
+             for s in stages if s.trainer == "grpo" or s.self_labelled is not None for r in s.reward]  # fmt: skip
+    if recipe.get("calibrate"):
+        named.append(("calibrate.reward", recipe["calibrate"].get("reward", "task"), REWARD_INPUTS))
+    for key, ref, available in named:
+        if ref != "task":
+            check_reward_inputs(resolve_reward_func(ref), available, f"`{key}` ({ref})")
 
 
 def recipe_datasets(recipe: dict, stages: list[Stage], training_only: bool = False) -> dict[str, TaskSpec]:
@@ -276,11 +290,17 @@ def _stage_dataset(stage: Stage, model, tokenizer, resume: bool = False):
     if stage.trainer == "grpo":
         return data
     # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
-    data = data.map(lambda row: {"completion": " " + row["answer"]}, remove_columns=["answer", "task", "entry"])
+    chat = not isinstance(data[0]["prompt"], str)
+
+    def gold(row):  # a conversational prompt takes a conversational completion: SFTTrainer refuses a mix
+        return {"completion": [{"role": "assistant", "content": row["answer"]}] if chat else " " + row["answer"]}
+
+    data = data.map(gold, remove_columns=["answer", "task", "entry"])
     if stage.self_labelled is None:
         return data
-    if not isinstance(data[0]["prompt"], str):  # one dataset cannot mix chat and text rows: render both as text
-        data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer)})
+    if chat:  # one dataset cannot mix chat and text rows: render both as text
+        data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer),
+                                     "completion": " " + row["completion"][0]["content"]})  # fmt: skip
     rows = cached_self_labelled_rows(stage, model, tokenizer, resume)
     own = Dataset.from_dict(
         {

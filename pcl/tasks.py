@@ -363,8 +363,13 @@ def make_reward_func(spec: TaskSpec, threshold: float = 1.0) -> Callable[..., li
 
 def score_completions(reward_func: Callable, data: datasets.Dataset, completions: list) -> list[float | None]:
     """Call a TRL-style reward function on answers to `data`'s prompts, with the dataset columns as keyword
-    arguments (as GRPOTrainer does), and check it returned one reward per answer."""
+    arguments (as GRPOTrainer does), and check it returned one reward per answer.
+
+    As in GRPOTrainer, answers to conversational prompts are passed as conversations
+    (`[{"role": "assistant", "content": text}]`), which rewards written for TRL's chat datasets index."""
     columns = {k: data[k] for k in data.column_names if k != "prompt"}
+    if len(data) and not isinstance(data[0]["prompt"], str):
+        completions = [[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in completions]
     rewards = reward_func(prompts=data["prompt"], completions=list(completions), **columns)
     if len(rewards) != len(completions):
         raise ValueError(
@@ -375,11 +380,15 @@ def score_completions(reward_func: Callable, data: datasets.Dataset, completions
 
 
 def prompt_text(prompt: Any) -> str:
-    """Whitespace-normalised prompt text; conversational prompts are joined message contents."""
+    """Whitespace-normalised prompt text; conversational prompts are joined message contents, system messages left
+    out: the question is what a model can memorise, so the same question under another system prompt (or as plain
+    text) is the same prompt for the overlap check and the benchmark's seen marks."""
     if not isinstance(prompt, str):
         if isinstance(prompt, dict):
             prompt = [prompt]
-        prompt = "\n".join(_completion_text([m]) for m in prompt)
+        prompt = "\n".join(
+            _completion_text([m]) for m in prompt if not (isinstance(m, dict) and m.get("role") == "system")
+        )
     return " ".join(prompt.split())
 
 

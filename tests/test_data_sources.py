@@ -8,8 +8,16 @@ import datasets
 import pytest
 
 from pcl.data_sources import gsm8k_answer
-from pcl.splits import OverlapError, check_disjoint
-from pcl.tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func, score_completions
+from pcl.splits import OverlapError, check_disjoint, prompt_overlap
+from pcl.tasks import (
+    TaskSpec,
+    held_out,
+    load_task,
+    make_reward_func,
+    prompt_text,
+    resolve_reward_func,
+    score_completions,
+)
 
 
 def gsm8k_rows(start: int, n: int) -> dict[str, list[str]]:
@@ -128,6 +136,13 @@ def test_bad_specs_refused_at_construction(spec, match):
         TaskSpec.from_dict(spec)
 
 
+@pytest.mark.parametrize("key, value", [("size", 100), ("seed", 5), ("strip_prefix", False), ("config", {"a": 1})])
+def test_generator_keys_refused_in_the_python_constructor_too(key, value):
+    """`TaskSpec(dataset_name=..., size=100)` would load the whole split, ignoring `size`: refused like in a recipe."""
+    with pytest.raises(ValueError, match=rf"\['{key}'\] apply to reasoning-gym tasks only.*split slice"):
+        TaskSpec(dataset_name="d", dataset_train_split="train", **{key: value})
+
+
 def test_load_errors_name_the_fix(tmp_path):
     path = write_gsm8k_like(tmp_path / "gsm8k")
     with pytest.raises(ValueError, match=r"no column \['prompt'\]; its columns are \['question', 'answer'\]"):
@@ -163,6 +178,27 @@ def test_overlap_by_prompt_text_train_vs_test_split(tmp_path):
         ("stages.sft.task", "calibrate.task", 2),
         ("stages.grpo.task", "calibrate.task", 0),
     ]
+
+
+def test_overlap_ignores_system_prompts(tmp_path):
+    """The same questions under another system prompt, or as plain text, are the same questions: a training set with
+    the recipe's system prompt and a test split without one (or with another) overlap, and the benchmark marks them
+    seen."""
+    path = write_gsm8k_like(tmp_path / "gsm8k", n_train=12, n_test=4, shared=4)
+    train = gsm_spec(path, dataset_train_split="train", system_prompt="Solve it. End with '####'.")
+    train_prompts = load_task(train)["prompt"]
+    for test in (gsm_spec(path, dataset_test_split="test"),
+                 gsm_spec(path, dataset_test_split="test", system_prompt="Answer briefly."),
+                 gsm_spec(path, dataset_test_split="test", chat=True)):  # fmt: skip
+        sets = {"stages.grpo.task": train, "calibrate.task": test}
+        with pytest.raises(OverlapError, match="share 4 of 4 distinct prompts"):
+            check_disjoint(
+                sets, prompts={"stages.grpo.task": train_prompts, "calibrate.task": load_task(test)["prompt"]}
+            )
+        assert held_out(load_task(test), train_prompts)[2] == 4
+    # The compared text is the question; different questions under one system prompt stay different
+    assert prompt_text(train_prompts[0]) == gsm8k_rows(0, 1)["question"][0]
+    assert prompt_overlap(train_prompts[:6], train_prompts[6:]) == (0, 6)
 
 
 def test_local_dataset_rewritten_is_read_afresh(tmp_path):

@@ -329,3 +329,15 @@ def test_answer_key_compares_like_the_verifier():
     jsonl, gym = evaluation.answer_key(TaskSpec("x.jsonl")), evaluation.answer_key(TaskSpec("chain_sum"))
     assert jsonl(" 12 ") == jsonl("12.0") != jsonl("12.5") and jsonl("abc ") == "abc"
     assert gym(" 12 ") == "12" != gym("12.0")  # reasoning-gym compares the stripped strings
+
+
+def test_answer_key_under_math_verify_compares_final_numbers():
+    """Self-consistency on worked solutions (GSM8K): samples agree when math-verify reads the same final number from
+    them, as the reward would; their different working must not make every sample a different answer."""
+    spec = TaskSpec(dataset_name="openai/gsm8k", dataset_test_split="test", prompt_column="question")
+    key = evaluation.answer_key(spec, "pcl.rewards:math_verify_accuracy")
+    same = ["She has 3 + 4 = <<3+4=7>>7.\n#### 1,007", "1000 + 7 = 1007 apples\n#### 1007", "\\boxed{1007.0}"]
+    assert len({key(t) for t in same}) == 1
+    assert key("She has 3 + 4 = 7.\n#### 1,008") != key(same[0]) and key("no number") == "no number"
+    assert key("so 9^9^9^9") == "9^9^9^9"  # the extracted text: its value is never computed
+    assert evaluation.answer_key(spec)(same[0]) != evaluation.answer_key(spec)(same[1])  # reward: task

@@ -127,12 +127,56 @@ def test_paper_recipe_stage_on_local_gsm8k(tmp_path):
     assert result["model"] == str(tmp_path / "out" / "grpo") and state["global_step"] == 1
 
 
+def test_sft_stage_on_chat_prompts(tmp_path, monkeypatch, tokenizer):
+    """A dataset task with a system prompt is conversational: its SFT gold rows get a conversational completion
+    (SFTTrainer refuses a chat prompt with a text completion), and beside self-labelled rows both become text."""
+    data = write_gsm8k_like(tmp_path / "gsm8k", n_train=16, n_test=4)
+    argv = ["--bf16", "false", "--stages.assess.task.dataset_name", data, "--stages.assess.task.dataset_train_split",
+            "train[:8]", "--output_dir", str(tmp_path / "out"), "--model.tiny", TINY, "--max_steps", "1",
+            "--save_strategy", "no", "--gradient_checkpointing", "false", "--stages.grpo", "null", "--calibrate", "null",
+            "--stages.assess.args.per_device_train_batch_size", "4", "--stages.assess.args.gradient_accumulation_steps",
+            "1"]  # fmt: skip
+    _, (assess,) = load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv + ["--stages.assess.self_labelled", "null"])
+    rows = pcl.recipe._stage_dataset(assess, None, tokenizer)
+    assert rows[0]["completion"] == [{"role": "assistant", "content": gsm8k_rows(0, 1)["answer"][0]}]
+    result = pcl.recipe.run_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv + ["--stages.assess.self_labelled", "null"])
+    assert result["model"] == str(tmp_path / "out" / "assess")
+    # With self-labelled rows (stood in for here), gold rows are rendered as text like them
+    own = {"prompt": "Q", "completion": " 5", "reward": 1.0}
+    monkeypatch.setattr(pcl.recipe, "cached_self_labelled_rows", lambda *a, **k: [own])
+    _, (assess,) = load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
+    rows = pcl.recipe._stage_dataset(assess, None, tokenizer)
+    gold = next(r for r in rows if not r["self_assessment_only"])
+    assert isinstance(gold["prompt"], str) and gold["completion"].startswith(" She has")
+
+
 def test_training_on_a_test_split_refused(tmp_path):
     argv = CPU + ["--stages.grpo.task.dataset_train_split", "null", "--stages.grpo.task.dataset_test_split", "test"]
     with pytest.raises(
         ValueError, match=r"`stages.grpo.task` trains on a test split \('test'\): use `dataset_train_split`"
     ):
         load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        # TRL's accuracy rewards read a `solution` column; a task's gold answer is `answer`
+        (["--stages.grpo.reward", "accuracy_reward"], r"`stages.grpo.reward` \(accuracy_reward\): reward "
+         r"'accuracy_reward' needs \['solution'\].*pcl.rewards.math_verify_accuracy"),
+        (["--stages.assess.reward", "trl.rewards.reasoning_accuracy_reward"], r"stages.assess.reward.*\['solution'\]"),
+        # Self-labelling scores without token ids (GRPOTrainer passes them)
+        (["--stages.assess.reward", "get_soft_overlong_punishment"], r"stages.assess.reward.*\['completion_ids'\]"),
+        (["--calibrate.reward", "accuracy_reward"], r"`calibrate.reward` \(accuracy_reward\).*\['solution'\]"),
+    ],
+)  # fmt: skip
+def test_rewards_missing_their_inputs_refused_before_training(argv, match):
+    with pytest.raises(ValueError, match=match):
+        load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), CPU + argv)
+    # What GRPOTrainer passes besides the columns; an SFT stage without self-labelling calls no reward
+    load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), CPU + ["--stages.grpo.reward", "get_soft_overlong_punishment"])
+    load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"),
+                CPU + ["--stages.assess.self_labelled", "null", "--stages.assess.reward", "accuracy_reward"])  # fmt: skip
 
 
 @pytest.mark.slow

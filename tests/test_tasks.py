@@ -12,6 +12,7 @@ from pcl.tasks import (
     held_out,
     load_task,
     make_reward_func,
+    score_completions,
 )
 
 
@@ -274,3 +275,22 @@ def test_held_out_normalises_whitespace_and_replaces_seen(chain_sum):
     # Re-marking a marked set replaces the column instead of failing on a duplicate name.
     again, _, n_again = held_out(marked, [])
     assert n_again == 0 and not any(again["seen"])
+
+
+def test_score_completions_passes_conversations_for_chat_prompts():
+    """Self-labelling and the benchmark call rewards as GRPOTrainer does: answers to chat prompts as conversations,
+    so a reward written for TRL's chat datasets (`completion[0]["content"]`, as TRL's own rewards read them) works."""
+
+    def trl_style(completions, answer, **kwargs):
+        return [float(c[0]["content"].strip() == a) for c, a in zip(completions, answer, strict=True)]
+
+    chat = load_task(TaskSpec("chain_sum", size=2, seed=3, config=SMALL, chat=True))
+    assert score_completions(trl_style, chat, [chat[0]["answer"], "0"]) == [1.0, 0.0]
+    from trl.rewards import think_format_reward
+
+    assert score_completions(think_format_reward, chat, ["<think>\nhm\n</think>\n1", "1"]) == [1.0, 0.0]
+    # Text prompts keep text answers, and PCL's task reward reads both forms
+    text = load_task(TaskSpec("chain_sum", size=2, seed=3, config=SMALL))
+    assert score_completions(lambda completions, **kw: completions, text, ["a", "b"]) == ["a", "b"]
+    spec = TaskSpec("chain_sum", size=2, seed=3, config=SMALL, chat=True)
+    assert score_completions(make_reward_func(spec), chat, [chat[0]["answer"], "0"]) == [1.0, 0.0]
