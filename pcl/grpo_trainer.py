@@ -45,7 +45,8 @@ class PCLGRPOTrainer(GRPOTrainer):
     before PCL training) is laid out as `answer MARKER [prefix] SCORE EOS` too, its EOS replaced by the marker, so the
     score is trained where the readout reads it (`prompt + answer + MARKER`). That position stays a policy token: the
     policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T, and
-    log p(MARKER) joins the segment NLL, teaching the model to stop with the marker. With `"generated"` the model
+    log p(MARKER) joins the segment NLL, teaching the model to stop with the marker; a marker the rollout sampled itself
+    stays out of the NLL (its stop is the policy's to learn from the reward). With `"generated"` the model
     writes its own assessment, a Brier consistency reward scores it, and that reward's advantage applies to the
     segment tokens only.
 
@@ -386,6 +387,10 @@ class PCLGRPOTrainer(GRPOTrainer):
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         level_logp = None if level_logits is None else level_logits.log_softmax(-1)
         if teacher_forced:
+            # A sampled marker is the policy's own stop: as an NLL term it would push up stopping wherever a rollout
+            # stopped, right or wrong, a bias toward shorter answers (measured: the quickstart collapsed to empty
+            # answers). Only a marker written in place of a sampled EOS is taught by the NLL.
+            nll_mask = nll_mask & ~(self._pcl_stop_mask & ~self._pcl_eos_mask)
             nll_sum = -(self._pcl_logps * nll_mask).sum()
             n_items = nll_mask.sum()
             self._pcl_logps = None

@@ -36,7 +36,14 @@ from .report import SOURCE_NAMES
 from .tasks import TaskSpec
 
 
-__all__ = ["RECIPE_ONLY_KEYS", "calibrated_stages", "compare_stages", "render_stages", "run_recipe_calibration"]
+__all__ = [
+    "RECIPE_ONLY_KEYS",
+    "answer_fit_task",
+    "calibrated_stages",
+    "compare_stages",
+    "render_stages",
+    "run_recipe_calibration",
+]
 
 # `calibrate` keys the recipe runner reads itself; the rest go to `run_calibration`
 RECIPE_ONLY_KEYS = ("after_stages", "fit_task")
@@ -60,15 +67,16 @@ def calibrated_stages(calibrate: dict, stage_names: Sequence[str]) -> list[str]:
     return [s for s in stage_names if s in wanted]
 
 
-def _fit_rows(model_dir: str, spec: dict, out_dir: str) -> tuple[str, str]:
-    """The evaluated model's greedy answers to the fit questions, verifier-scored, saved as fit rows; returns
-    (path, description for the report)."""
+def answer_fit_task(model_dir: str, fit_task: dict, max_new_tokens: int, out_dir: str) -> tuple[str, str]:
+    """The evaluated model's greedy answers to the fit questions (`calibrate.fit_task`), scored by the task's verifier
+    and saved as `fit_rows.jsonl` in `out_dir`; returns (path, where the rows come from, for the report)."""
     from .fitted_baselines import write_fit_rows
     from .marker import format_of, load_pcl_model
     from .recipe import _self_labelled_rows
 
     model, tokenizer, _ = load_pcl_model(model_dir)
-    task = TaskSpec.from_dict(spec["task"])
+    task = TaskSpec.from_dict(fit_task)
+    spec = {"task": fit_task, "max_new_tokens": max_new_tokens}
     rows = _self_labelled_rows(spec, model, tokenizer, ["task"], format_of(model))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, FIT_ROWS)
@@ -98,11 +106,10 @@ def run_recipe_calibration(recipe: dict, stages: list, model_dirs: dict[str, str
     root = os.path.join(recipe["output_dir"], "calibration")
     per_stage = {}
     for name in names:
-        out = root if "after_stages" not in recipe["calibrate"] else os.path.join(root, name)
+        out = root if recipe["calibrate"].get("after_stages") is None else os.path.join(root, name)
         kwargs = {**common, **spec}
         if fit_task is not None:
-            fit = {"task": fit_task, "max_new_tokens": max_new_tokens}
-            kwargs["fit_rows"], kwargs["fit_note"] = _fit_rows(model_dirs[name], fit, out)
+            kwargs["fit_rows"], kwargs["fit_note"] = answer_fit_task(model_dirs[name], fit_task, max_new_tokens, out)
         per_stage[name] = run_calibration(model_dirs[name], task, out, **kwargs)
     result = per_stage[names[-1]]
     if len(names) > 1:

@@ -182,7 +182,8 @@ def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_t
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_added_term_is_weighted_segment_nll(model_dir, tokenizer, tmp_path, temperature):
-    """loss(w) = loss(0) + w * NLL(segment at the fused head's temperature) / the global segment token count."""
+    """loss(w) = loss(0) + w * NLL(segment at the fused head's temperature) / the global segment token count, where
+    the segment holds a stop only when the marker replaced a sampled EOS."""
     weight = 0.7
     trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_weight=weight, temperature=temperature)
     _, pcl = rollout(trainer)
@@ -197,7 +198,12 @@ def test_added_term_is_weighted_segment_nll(model_dir, tokenizer, tmp_path, temp
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1] / temperature
         T = pcl["completion_ids"].size(1)
         logp = logits[:, -T:].log_softmax(-1).gather(-1, pcl["completion_ids"].unsqueeze(-1)).squeeze(-1)
-        return -(logp * pcl["self_assessment_mask"]).sum() / pcl["self_assessment_num_items"]
+        # A sampled marker is the policy's stop, not segment NLL (it would bias every rollout toward stopping)
+        mask = pcl["self_assessment_mask"].clone()
+        sampled = (pcl["self_assessment_stop_id"] == trainer.segment_tokens.marker_id).nonzero().squeeze(1)
+        assert len(sampled) and mask[sampled, pcl["self_assessment_stop_index"][sampled]].all()
+        mask[sampled, pcl["self_assessment_stop_index"][sampled]] = False
+        return -(logp * mask).sum() / pcl["self_assessment_num_items"]
 
     nll, g_nll = grads(trainer, hand_nll)
     torch.testing.assert_close(loss_w - loss_0, weight * nll, rtol=1e-5, atol=1e-6)

@@ -60,7 +60,7 @@ def test_compare_stages_pairs_accuracy_over_the_same_items(tmp_path):
         dirs[name] = tmp_path / name
         dirs[name].mkdir()
         # rows in another order: pairing is by question, not by position
-        rows = _items("heldout", prompts, [float(c) for c in correct])[::-1 if name == "grpo" else 1]
+        rows = _items("heldout", prompts, [float(c) for c in correct])[:: -1 if name == "grpo" else 1]
         write_items(rows, dirs[name] / "items.jsonl")
     c = compare_stages({n: str(d) for n, d in dirs.items()}, {"sft": _metrics(0.4), "grpo": _metrics(0.5)})
     paired = c["subsets"]["heldout_unseen"]["accuracy_vs_first"]["grpo"]
