@@ -198,10 +198,10 @@ def test_quickstart_fresh_sets_do_not_overlap_training_sets():
 @pytest.mark.parametrize(
     "argv, first, second, shared",
     [
-        # an older quickstart: stage 2's questions were seed 3, inside stage 1's range [1, 40001)
-        (["--stages.grpo.task.seed", "3"], "stages.sft.task", "stages.grpo.task", 8000),
-        (["--calibrate.fit_task.seed", "4"], "stages.sft.task", "calibrate.fit_task", 4000),
-        (["--calibrate.shifted_task.seed", "1000100"], "calibrate.task", "calibrate.shifted_task", 1000),
+        # an older quickstart: stage 2's questions were seed 3, inside stage 1's range [1, 32001)
+        (["--stages.grpo.task.seed", "3"], "stages.sft.task", "stages.grpo.task", 2000),
+        (["--calibrate.fit_task.seed", "4"], "stages.sft.task", "calibrate.fit_task", 3000),
+        (["--calibrate.shifted_task.seed", "1000100"], "calibrate.task", "calibrate.shifted_task", 600),
     ],
 )  # fmt: skip
 def test_overlapping_index_ranges_refused(argv, first, second, shared):
