@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pcl.evaluation import run_calibration, summary  # noqa: E402
 from pcl.recipe import fit_rows_of, load_recipe, training_prompts, training_tasks  # noqa: E402
+from pcl.stage_calibration import RECIPE_ONLY_KEYS, answer_fit_task  # noqa: E402
 from pcl.tasks import TaskSpec  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     # GPU recipes default to bf16, which a CPU-only machine refuses when the stage configs are built
     cpu = [] if "quickstart" in args.recipe else ["--bf16", "false"]
     recipe, stages = load_recipe(args.recipe, cpu + overrides)
-    spec = dict(recipe["calibrate"])
+    spec = {k: v for k, v in recipe["calibrate"].items() if k not in RECIPE_ONLY_KEYS}
     task = TaskSpec.from_dict(spec.pop("task"))
     if args.size:
         task.size = args.size
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
     fit_rows = fit_rows_of(stages) if args.fit_rows is None else [p for p in args.fit_rows if p != "none"] or None
     spec.setdefault("fit_rows", fit_rows)
     out_dir = os.path.splitext(args.out)[0]
+    if args.fit_rows is None and recipe["calibrate"].get("fit_task"):  # the evaluated model answers the fit questions
+        spec["fit_rows"], spec["fit_note"] = answer_fit_task(
+            args.model_dir, recipe["calibrate"]["fit_task"], spec.get("max_new_tokens", 64), out_dir
+        )
     metrics = run_calibration(
         args.model_dir, task, out_dir, train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages),
         shifted_task=shifted, quiet=True, **{**spec, "n_boot": args.n_boot},

@@ -276,6 +276,7 @@ def run_calibration(
     confidence_model: str | None = None,
     n_boot: int = 1000,
     quiet: bool = False,
+    fit_note: str | None = None,
 ) -> dict:
     """Run the benchmark and write `metrics.json`, `items.jsonl`, `report.md` and PNGs into `output_dir`.
 
@@ -287,7 +288,8 @@ def run_calibration(
     `fit_rows` (JSONL files of `prompt`, `completion`, `reward`, e.g. the `self_labelled.jsonl` that trained PCL's
     score) adds the baselines fitted on those labels (`pcl.fitted_baselines`), fit before any evaluation item is
     generated; evaluation questions among the fit rows' prompts count as seen. `self_consistency_k > 0` adds k-sample self-consistency (k sampled answers per item, k times the
-    generation cost, which the report states).
+    generation cost, which the report states). `fit_note` says in the report where the fit rows come from (default:
+    the self-labelled answers PCL's score was trained on).
     """
     if self_consistency_k < 0 or self_consistency_k == 1:
         raise ValueError(f"`self_consistency_k` must be 0 (off) or >= 2 samples, got {self_consistency_k}.")
@@ -298,6 +300,8 @@ def run_calibration(
                None, self_consistency_k)  # fmt: skip
     rows = load_fit_rows(fit_rows) if fit_rows else None
     b.fitted, fitted_summary = _fit(b, rows, fit_rows)
+    if fit_note and "n_rows" in fitted_summary:
+        fitted_summary["origin"] = fit_note
     if rows:  # labelled questions are training data: evaluation items among them count as seen
         train_prompts = [*(train_prompts or []), *(r["prompt"] for r in rows)]
     data, n_duplicates = _eval_set(task, train_prompts)

@@ -14,6 +14,8 @@ calibrate:
   task: {name: chain_sum, size: 1000, seed: 2000000}
   shifted_task: {name: chain_sum, size: 500, seed: 3000000, config: {min_terms: 7, max_terms: 8}}  # optional, harder
   self_consistency_k: 8  # optional: k-sample self-consistency as a baseline (k times the generation)
+  fit_task: {name: chain_sum, size: 4000, seed: 5000000}  # optional: fit the baselines on the evaluated model's answers
+  after_stages: [sft, grpo]  # optional: benchmark each of these stages (default: the last), side by side
 overlap_tolerance: 0.01  # optional (default 0.01): share of a set's distinct prompts that may repeat in another
 ```
 
@@ -178,6 +180,10 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
         recipe_datasets(recipe, stages), recipe.get("overlap_tolerance", DEFAULT_TOLERANCE)
     )  # index ranges: cheap
     _check_rewards(recipe, stages)
+    if recipe.get("calibrate"):
+        from .stage_calibration import calibrated_stages
+
+        calibrated_stages(recipe["calibrate"], [s.name for s in stages])  # refuse unknown names before training
     return recipe, stages
 
 
@@ -204,7 +210,7 @@ def recipe_datasets(recipe: dict, stages: list[Stage], training_only: bool = Fal
         if stage.self_labelled is not None:
             sets[f"stages.{stage.name}.self_labelled.task"] = TaskSpec.from_dict(stage.self_labelled["task"])
     if not training_only:
-        for key in ("task", "shifted_task"):
+        for key in ("task", "shifted_task", "fit_task"):
             if (recipe.get("calibrate") or {}).get(key):
                 sets[f"calibrate.{key}"] = TaskSpec.from_dict(recipe["calibrate"][key])
     return sets
@@ -377,22 +383,23 @@ def run_recipe(path: str, argv: list[str] | None = None) -> dict:
 
         if PartialState().is_main_process:
             from .evaluation import run_calibration
+            from .stage_calibration import run_recipe_calibration
 
-            spec = dict(recipe["calibrate"])
-            task = TaskSpec.from_dict(spec.pop("task"))
-            if spec.get("shifted_task"):
-                spec["shifted_task"] = TaskSpec.from_dict(spec["shifted_task"])
-            # The labels PCL's score was trained on, for the baselines fitted on the same labels
-            spec.setdefault("fit_rows", fit_rows_of(stages))
-            # From the recipe, not from what the stages loaded: stages skipped on resume loaded nothing
+            # From the recipe, not from what the stages loaded: stages skipped on resume loaded nothing. Without a
+            # `calibrate.fit_task`, the baselines are fit on the labels PCL-SFT's score was trained on.
+            common = {"train_prompts": training_prompts(recipe, stages), "train_tasks": training_tasks(stages),
+                      "fit_rows": recipe["calibrate"].get("fit_rows", fit_rows_of(stages))}  # fmt: skip
             with _plain_loading():
-                result["calibration"] = run_calibration(
-                    model, task, os.path.join(recipe["output_dir"], "calibration"),
-                    train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages), **spec,
-                )  # fmt: skip
+                result["calibration"] = run_recipe_calibration(
+                    recipe, stages, {s.name: s.args.output_dir for s in stages}, run_calibration, **common
+                )
             from .tracking import log_calibration  # the trainers are gone: send the benchmark to their trackers
 
+            cal_dir = os.path.join(recipe["output_dir"], "calibration")
+            if recipe["calibrate"].get("after_stages") is not None:  # the last benchmarked stage's own directory
+                from .stage_calibration import calibrated_stages
+
+                cal_dir = os.path.join(cal_dir, calibrated_stages(recipe["calibrate"], [s.name for s in stages])[-1])
             trackers = list(dict.fromkeys(t for s in stages for t in s.args.report_to))
-            log_calibration(result["calibration"], os.path.join(recipe["output_dir"], "calibration"), trackers,
-                            recipe["output_dir"])  # fmt: skip
+            log_calibration(result["calibration"], cal_dir, trackers, recipe["output_dir"])
     return result

@@ -128,7 +128,7 @@ def _accuracy(m: dict[str, Any]) -> str:
 
 
 def _baselines_section(m: dict[str, Any]) -> list[str]:
-    lines = ["", "## Baselines fitted on PCL's labels", ""]
+    lines = ["", "## Fitted baselines", ""]
     f = m.get("fitted_baselines") or {"skipped": "not run"}
     if "n_rows" not in f:
         lines.append(f"Skipped: {f['skipped']}. No baseline fitted on labels is compared.")
@@ -137,9 +137,10 @@ def _baselines_section(m: dict[str, Any]) -> list[str]:
             f"{_name(k)}: " + ", ".join(f"{a} {v}" for a, v in c.items()) for k, c in f["chosen"].items()
         )
         lines += [
-            f"Fit on {f['n_rows']} labelled answers (accuracy {f['accuracy']:.3f}) from {', '.join(f['paths'])}: the "
-            "same self-labelled answers and 0/1 labels PCL's score was trained on, with the evaluated model's features "
-            "over them (token probabilities, hidden state at the answer end) and the items' prompt features. "
+            f"Fit on {f['n_rows']} labelled answers (accuracy {f['accuracy']:.3f}) from {', '.join(f['paths'])}: "
+            + f.get("origin", "the same self-labelled answers and 0/1 labels PCL's score was trained on")
+            + ", with the evaluated model's features over them (token probabilities, hidden state at the answer end) "
+            "and the items' prompt features. "
             f"Hyper-parameters are chosen on a validation split of those rows ({f['n_validation']} rows, "
             f"{100 * f['validation_share']:.0f}% of each class, seed {f['seed']}), never on evaluation items; each "
             f"baseline is then refit on all {f['n_rows']} rows. Chosen: {chosen or 'nothing'}. Best fitted baseline "

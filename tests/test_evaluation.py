@@ -257,7 +257,7 @@ def test_fitted_baselines_fit_on_fit_rows_only(tmp_path, stub_model, monkeypatch
     for split in (metrics, metrics["shifted"]):
         assert set(FITTED_SOURCES) <= set(split["paired"]["full"])
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "## Baselines fitted on PCL's labels" in report and "never on evaluation items" in report
+    assert "## Fitted baselines" in report and "never on evaluation items" in report
     for name in ("| Platt-scaled min token prob (no stop) |", "| hidden-state probe |", "| difficulty only |"):
         assert report.count(name) >= 3  # validation table, source tables, verdict tables
     assert summary["best_on_validation"] in FITTED_SOURCES

@@ -33,12 +33,24 @@ def test_split_overrides():
         split_overrides(["--max_steps"])
 
 
+# A PCL-SFT stage on the model's own self-labelled answers (the old quickstart's second stage), for the tests of
+# self-labelling; seeds clear of every quickstart set
+ASSESS = ("{trainer: sft, task: {name: chain_sum, size: 16000, seed: 7000000}, args: {max_steps: 400}, "
+          "self_labelled: {task: {name: chain_sum, size: 16000, seed: 8000000}, max_new_tokens: 8}}")  # fmt: skip
+# The quickstart as SFT -> assess, benchmarked after the last stage only
+WITH_ASSESS = ["--stages.grpo", "null", "--stages.assess", ASSESS, "--calibrate.after_stages", "null",
+               "--calibrate.fit_task", "null"]  # fmt: skip
+
+
 def test_quickstart_parses():
     config, stages = load_recipe(recipe("quickstart.yaml"), ["--output_dir", "/tmp/qs"])
-    assert [s.name for s in stages] == ["sft", "assess"]
-    sft, assess = stages
+    assert [s.name for s in stages] == ["sft", "grpo"]
+    sft, grpo = stages
     assert isinstance(sft.args, PCLSFTConfig) and sft.args.output_dir == "/tmp/qs/sft"
     assert sft.args.bf16 is False and sft.args.self_assessment_levels == 10
+    assert isinstance(grpo.args, PCLGRPOConfig) and grpo.args.self_assessment_mode == "teacher_forced"
+    assert grpo.args.self_assessment_weight > 0 and grpo.reward == ["task"]
+    assert config["calibrate"]["after_stages"] == ["sft", "grpo"] and config["calibrate"]["fit_task"]
     assert config["calibrate"]["shifted_task"]["config"]["min_terms"] > sft.task.config["max_terms"]
 
 
@@ -202,37 +214,40 @@ def test_paper_recipe_cpu_variant_runs(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_shortened_end_to_end(tmp_path):
-    """What `./run.sh` runs, with few steps and small sets: trains, calibrates, writes the report and pictures."""
+    """What `./run.sh` runs, with few steps and small sets: trains, calibrates each stage, writes the reports and
+    pictures."""
     argv = [
-        "--output_dir", str(tmp_path), "--max_steps", "30", "--logging_steps", "10",
-        "--stages.sft.task.size", "3000", "--stages.assess.task.size", "500",
-        "--stages.assess.self_labelled.task.size", "500", "--calibrate.task.size", "300",
-        "--calibrate.shifted_task.size", "100",
+        "--output_dir", str(tmp_path), "--max_steps", "20", "--logging_steps", "10",
+        "--stages.sft.task.size", "3000", "--stages.grpo.task.size", "200",
+        "--stages.grpo.args.per_device_train_batch_size", "16", "--calibrate.task.size", "300",
+        "--calibrate.shifted_task.size", "100", "--calibrate.fit_task.size", "300",
     ]  # fmt: skip
     assert main(["train", recipe("quickstart.yaml"), *argv]) == 0
-    out = tmp_path / "calibration"
+    out = tmp_path / "calibration" / "grpo"
     for name in ("metrics.json", "report.md", "reliability_pcl.png", "reliability_all.png", "risk_coverage.png"):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["deploy"]["with_tokens_after_marker"] == 0
     assert metrics["n"] + metrics["duplicates_dropped"] == 300 and metrics["duplicates_dropped"] > 0
     assert set(metrics["sources"]["full"]) >= {"pcl_expected", "pcl_written", "mean_token_prob", "sequence_prob"}
-    # Baselines fitted on the self-labelled rows the assess stage saved, beside the single-pass ones
+    # Baselines fitted on the evaluated model's own answers to the fit questions, beside the single-pass ones
     from pcl.fitted_baselines import FITTED_SOURCES
 
-    assert (tmp_path / "assess" / "self_labelled.jsonl").stat().st_size > 0
-    assert metrics["fitted_baselines"]["paths"] == [str(tmp_path / "assess" / "self_labelled.jsonl")]
+    assert metrics["fitted_baselines"]["paths"] == [str(out / "fit_rows.jsonl")]
+    assert "calibrate.fit_task" in metrics["fitted_baselines"]["origin"]
     singles = {f"{s}{v}" for s in ("mean_token_prob", "sequence_prob", "min_token_prob") for v in ("", "_no_stop")}
     assert set(metrics["paired"]["unseen"]) - {"self_consistency"} == singles | set(FITTED_SOURCES)
     assert metrics["shifted"]["n"] > 0 and "min_terms': 5" in metrics["shifted"]["shift"]
     report = (out / "report.md").read_text()
     assert "Held-out split: unseen items only" in report and "## Shifted split" in report
     assert len((out / "items.jsonl").read_text().splitlines()) == metrics["n"] + metrics["shifted"]["n"]
+    assert (tmp_path / "calibration" / "sft" / "metrics.json").is_file()
+    assert "## Held-out split, unseen items" in (tmp_path / "calibration" / "stages.md").read_text()
 
     # The benchmark command on the same checkpoint, with the same fit rows and self-consistency
-    code = main(["calibrate", str(tmp_path / "assess"), "--task", "chain_sum", "--size", "50",
+    code = main(["calibrate", str(tmp_path / "grpo"), "--task", "chain_sum", "--size", "50",
                  "--output_dir", str(tmp_path / "again"), "--max_new_tokens", "8", "--fit_rows",
-                 str(tmp_path / "assess" / "self_labelled.jsonl"), "--self_consistency_k", "3"])  # fmt: skip
+                 str(out / "fit_rows.jsonl"), "--self_consistency_k", "3"])  # fmt: skip
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert code == 0 and again["self_consistency"]["k"] == 3
     assert set(FITTED_SOURCES) | {"self_consistency"} <= set(again["paired"]["full"])
@@ -250,8 +265,7 @@ def test_calibrate_refuses_non_pcl_model(tmp_path, tokenizer):
 # ---------------------------------------------------------------- disjoint datasets
 
 # The quickstart's sets, shrunk so that loading them takes seconds (same seeds and configs)
-SMALL = ["--stages.sft.task.size", "20000", "--stages.assess.task.size", "4000",
-         "--stages.assess.self_labelled.task.size", "4000"]  # fmt: skip
+SMALL = ["--stages.sft.task.size", "20000", "--stages.grpo.task.size", "4000"]
 
 
 def _shape_size(prompt):
@@ -263,15 +277,15 @@ def _shape_size(prompt):
 def test_quickstart_fresh_sets_do_not_overlap_training_sets():
     recipe_, stages = load_recipe(recipe("quickstart.yaml"), SMALL)
     sets = recipe_datasets(recipe_, stages)
-    assert list(sets) == ["stages.sft.task", "stages.assess.task", "stages.assess.self_labelled.task",
-                          "calibrate.task", "calibrate.shifted_task"]  # fmt: skip
+    assert list(sets) == ["stages.sft.task", "stages.grpo.task", "calibrate.task", "calibrate.shifted_task",
+                          "calibrate.fit_task"]  # fmt: skip
     report = check_recipe_overlap(recipe_, stages)
     assert len(report) == 10 and all(pair["shared_indices"] == 0 for pair in report)
     # Far-apart seeds leave chance repeats: most questions of small problem cells (two 1-digit terms: 200 sums), and
     # almost none of large cells, which a shifted copy of a training set would repeat as often
-    for fresh in ("stages.assess.self_labelled.task", "calibrate.task"):
+    for fresh in ("calibrate.fit_task", "calibrate.task"):
         data = load_task_cached(sets[fresh])
-        for train in ("stages.sft.task", "stages.assess.task"):
+        for train in ("stages.sft.task", "stages.grpo.task"):
             if train == fresh:
                 continue
             trained = {prompt_text(p) for p in load_task_cached(sets[train])["prompt"]}
@@ -288,11 +302,10 @@ def test_quickstart_fresh_sets_do_not_overlap_training_sets():
 @pytest.mark.parametrize(
     "argv, first, second, shared",
     [
-        # the old quickstart: stage 2's questions were seeds 3 and 4, inside stage 1's range [1, 100001)
-        (["--stages.assess.task.seed", "3"], "stages.sft.task", "stages.assess.task", 16000),
-        (["--stages.assess.self_labelled.task.seed", "4"], "stages.sft.task", "stages.assess.self_labelled.task",
-         16000),
-        (["--calibrate.shifted_task.seed", "1000100"], "calibrate.task", "calibrate.shifted_task", 1000),
+        # an older quickstart: stage 2's questions were seed 3, inside stage 1's range [1, 32001)
+        (["--stages.grpo.task.seed", "3"], "stages.sft.task", "stages.grpo.task", 2000),
+        (["--calibrate.fit_task.seed", "4"], "stages.sft.task", "calibrate.fit_task", 3000),
+        (["--calibrate.shifted_task.seed", "1000100"], "calibrate.task", "calibrate.shifted_task", 600),
     ],
 )  # fmt: skip
 def test_overlapping_index_ranges_refused(argv, first, second, shared):
@@ -305,7 +318,8 @@ def test_prompt_overlap_beyond_tolerance_refused():
     # a problem space of 200 sums: far-apart seeds still repeat almost every question
     tiny = "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}"
     argv = ["--stages.sft.task.size", "500", "--stages.sft.task.config", tiny, "--calibrate.task.size", "300",
-            "--calibrate.task.config", tiny, "--stages.assess", "null", "--calibrate.shifted_task", "null"]  # fmt: skip
+            "--calibrate.task.config", tiny, "--stages.grpo", "null", "--calibrate.shifted_task", "null",
+            "--calibrate.fit_task", "null", "--calibrate.after_stages", "null"]  # fmt: skip
     recipe_, stages = load_recipe(recipe("quickstart.yaml"), argv)  # index ranges are disjoint
     with pytest.raises(OverlapError, match=r"`stages.sft.task` .* and `calibrate.task` .* share \d+ of \d+ distinct "
                                            r"prompts .* above overlap_tolerance 0.45"):  # fmt: skip
@@ -316,10 +330,10 @@ def test_prompt_overlap_beyond_tolerance_refused():
 
 
 def test_cli_refuses_overlapping_recipe_in_one_line(capsys):
-    code = main(["train", recipe("quickstart.yaml"), "--stages.assess.task.seed", "3"])
+    code = main(["train", recipe("quickstart.yaml"), "--stages.grpo.task.seed", "3"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "`stages.sft.task`" in err and "`stages.assess.task`" in err and "--stages.assess.task.seed" in err
+    assert "`stages.sft.task`" in err and "`stages.grpo.task`" in err and "--stages.grpo.task.seed" in err
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -354,18 +368,16 @@ def test_training_prompts_include_self_labelled_sets_on_resume(tmp_path, monkeyp
         '{"prompt": "1 + 2 =", "completion": " 3", "reward": 1}\n'
     )
     monkeypatch.setattr(pcl.evaluation, "run_calibration", lambda *a, **kw: captured.update(kw))
-    argv = ["--output_dir", str(tmp_path), "--stages.sft.task.size", "50", "--stages.assess.task.size", "50",
-            "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "20"]  # fmt: skip
+    argv = ["--output_dir", str(tmp_path), *WITH_ASSESS, "--stages.sft.task.size", "50", "--stages.assess.task.size",
+            "50", "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "20"]  # fmt: skip
     pcl.recipe.run_recipe(recipe("quickstart.yaml"), argv)
     _, stages = load_recipe(recipe("quickstart.yaml"), argv)
     labelled = load_task_cached(recipe_datasets({}, stages, training_only=True)["stages.assess.self_labelled.task"])
     seen = {prompt_text(p) for p in captured["train_prompts"]}
     assert {prompt_text(p) for p in labelled["prompt"]} <= seen
     assert captured["fit_rows"] == [str(tmp_path / "assess" / "self_labelled.jsonl")]
-    assert captured["shifted_task"].config["min_terms"] == 5 and [t.seed for t in captured["train_tasks"]] == [
-        1,
-        2000000,
-    ]
+    assert captured["shifted_task"].config["min_terms"] == 5
+    assert [t.seed for t in captured["train_tasks"]] == [1, 7000000]
 
 
 def test_cli_calibrate_refuses_eval_set_inside_a_training_range(tmp_path, capsys):
@@ -386,8 +398,8 @@ def test_self_labelled_rows_saved_and_reused_on_resume(tmp_path, monkeypatch, ti
     calls = []
     real_generate = pcl.inference.generate
     monkeypatch.setattr(pcl.inference, "generate", lambda *a, **kw: calls.append(1) or real_generate(*a, **kw))
-    argv = ["--output_dir", str(tmp_path), "--stages.assess.task.size", "6", "--stages.assess.self_labelled.task.size",
-            "12", "--stages.assess.self_labelled.max_new_tokens", "3"]  # fmt: skip
+    argv = ["--output_dir", str(tmp_path), *WITH_ASSESS, "--stages.assess.task.size", "6",
+            "--stages.assess.self_labelled.task.size", "12", "--stages.assess.self_labelled.max_new_tokens", "3"]  # fmt: skip
     _, stages = load_recipe(recipe("quickstart.yaml"), argv)
     stage = stages[1]
 
@@ -404,6 +416,6 @@ def test_self_labelled_rows_saved_and_reused_on_resume(tmp_path, monkeypatch, ti
     assert len(calls) == 1  # read back, not generated
     pcl.recipe._stage_dataset(stage, tiny_model, tokenizer)  # a fresh (not resumed) run labels again
     assert len(calls) == 2
-    _, moved = load_recipe(recipe("quickstart.yaml"), [*argv, "--stages.assess.self_labelled.task.seed", "5000000"])
+    _, moved = load_recipe(recipe("quickstart.yaml"), [*argv, "--stages.assess.self_labelled.task.seed", "9000000"])
     with pytest.raises(ValueError, match="self-labelled rows of another task.*Delete the file"):
         pcl.recipe._stage_dataset(moved[1], tiny_model, tokenizer, resume=True)
