@@ -27,6 +27,7 @@ def test_calibration_benchmark_script(tmp_path, tokenizer, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     sizes = ["--stages.sft.task.size", "3000", "--stages.grpo.task.size", "300", "--calibrate.fit_task.size", "300",
+             "--stages.assess.task.size", "300", "--stages.assess.self_labelled.task.size", "300",
              "--output_dir", str(tmp_path / "run")]  # fmt: skip
     out = tmp_path / "cal.json"
     metrics = script.main([str(tmp_path / "model"), "--recipe", str(ROOT / "recipes" / "quickstart.yaml"), "--size",
@@ -37,8 +38,9 @@ def test_calibration_benchmark_script(tmp_path, tokenizer, capsys):
     items = [json.loads(line) for line in (tmp_path / "cal" / "items.jsonl").read_text().splitlines()]
     assert len(items) == metrics["n"] + metrics["shifted"]["n"]
     cfg = {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2}
-    # training sets, and the fit questions (labelled data, so seen too)
-    trained = {prompt_text(p) for seed, size in ((1, 3000), (2000000, 300), (3000000, 300))
+    # training sets (the self-labelled questions too), and the fit questions (labelled data, so seen too)
+    sets = ((1, 3000), (2000000, 300), (7000000, 300), (8000000, 300), (3000000, 300))
+    trained = {prompt_text(p) for seed, size in sets
                for p in load_task(TaskSpec("chain_sum", size=size, seed=seed, config=cfg))["prompt"]}  # fmt: skip
     heldout = [r for r in items if r["split"] == "heldout"]
     assert [r["seen"] for r in heldout] == [prompt_text(r["prompt"]) in trained for r in heldout]

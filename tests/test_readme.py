@@ -32,7 +32,7 @@ def checkpoint(tiny_model, tokenizer, tmp_path):
 
 
 def test_self_score_snippet_runs(checkpoint, capsys):
-    code = python_block("Use the self-score in your own code").replace("outputs/quickstart/grpo", checkpoint)
+    code = python_block("Use the self-score in your own code").replace("outputs/quickstart/assess", checkpoint)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     n = len(namespace["prompts"])

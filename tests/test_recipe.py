@@ -44,13 +44,14 @@ WITH_ASSESS = ["--stages.grpo", "null", "--stages.assess", ASSESS, "--calibrate.
 
 def test_quickstart_parses():
     config, stages = load_recipe(recipe("quickstart.yaml"), ["--output_dir", "/tmp/qs"])
-    assert [s.name for s in stages] == ["sft", "grpo"]
-    sft, grpo = stages
+    assert [s.name for s in stages] == ["sft", "grpo", "assess"]
+    sft, grpo, assess = stages
     assert isinstance(sft.args, PCLSFTConfig) and sft.args.output_dir == "/tmp/qs/sft"
     assert sft.args.bf16 is False and sft.args.self_assessment_levels == 10
     assert isinstance(grpo.args, PCLGRPOConfig) and grpo.args.self_assessment_mode == "teacher_forced"
     assert grpo.args.self_assessment_weight > 0 and grpo.reward == ["task"]
-    assert config["calibrate"]["after_stages"] == ["sft", "grpo"] and config["calibrate"]["fit_task"]
+    assert assess.trainer == "sft" and assess.self_labelled["task"]["size"] > 0
+    assert config["calibrate"]["after_stages"] == ["sft", "grpo", "assess"] and config["calibrate"]["fit_task"]
     assert config["calibrate"]["shifted_task"]["config"]["min_terms"] > sft.task.config["max_terms"]
 
 
@@ -221,9 +222,10 @@ def test_quickstart_shortened_end_to_end(tmp_path):
         "--stages.sft.task.size", "3000", "--stages.grpo.task.size", "200",
         "--stages.grpo.args.per_device_train_batch_size", "16", "--calibrate.task.size", "300",
         "--calibrate.shifted_task.size", "100", "--calibrate.fit_task.size", "300",
+        "--stages.assess.task.size", "300", "--stages.assess.self_labelled.task.size", "200",
     ]  # fmt: skip
     assert main(["train", recipe("quickstart.yaml"), *argv]) == 0
-    out = tmp_path / "calibration" / "grpo"
+    out = tmp_path / "calibration" / "assess"
     for name in ("metrics.json", "report.md", "reliability_pcl.png", "reliability_all.png", "risk_coverage.png"):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -242,10 +244,11 @@ def test_quickstart_shortened_end_to_end(tmp_path):
     assert "Held-out split: unseen items only" in report and "## Shifted split" in report
     assert len((out / "items.jsonl").read_text().splitlines()) == metrics["n"] + metrics["shifted"]["n"]
     assert (tmp_path / "calibration" / "sft" / "metrics.json").is_file()
+    assert (tmp_path / "calibration" / "grpo" / "metrics.json").is_file()
     assert "## Held-out split, unseen items" in (tmp_path / "calibration" / "stages.md").read_text()
 
     # The benchmark command on the same checkpoint, with the same fit rows and self-consistency
-    code = main(["calibrate", str(tmp_path / "grpo"), "--task", "chain_sum", "--size", "50",
+    code = main(["calibrate", str(tmp_path / "assess"), "--task", "chain_sum", "--size", "50",
                  "--output_dir", str(tmp_path / "again"), "--max_new_tokens", "8", "--fit_rows",
                  str(out / "fit_rows.jsonl"), "--self_consistency_k", "3"])  # fmt: skip
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -265,7 +268,7 @@ def test_calibrate_refuses_non_pcl_model(tmp_path, tokenizer):
 # ---------------------------------------------------------------- disjoint datasets
 
 # The quickstart's sets, shrunk so that loading them takes seconds (same seeds and configs)
-SMALL = ["--stages.sft.task.size", "20000", "--stages.grpo.task.size", "4000"]
+SMALL = ["--stages.sft.task.size", "20000", "--stages.grpo.task.size", "4000"]  # assess's sets are 8000 each
 
 
 def _shape_size(prompt):
@@ -277,10 +280,10 @@ def _shape_size(prompt):
 def test_quickstart_fresh_sets_do_not_overlap_training_sets():
     recipe_, stages = load_recipe(recipe("quickstart.yaml"), SMALL)
     sets = recipe_datasets(recipe_, stages)
-    assert list(sets) == ["stages.sft.task", "stages.grpo.task", "calibrate.task", "calibrate.shifted_task",
-                          "calibrate.fit_task"]  # fmt: skip
+    assert list(sets) == ["stages.sft.task", "stages.grpo.task", "stages.assess.task", "stages.assess.self_labelled.task",
+                          "calibrate.task", "calibrate.shifted_task", "calibrate.fit_task"]  # fmt: skip
     report = check_recipe_overlap(recipe_, stages)
-    assert len(report) == 10 and all(pair["shared_indices"] == 0 for pair in report)
+    assert len(report) == 21 and all(pair["shared_indices"] == 0 for pair in report)
     # Far-apart seeds leave chance repeats: most questions of small problem cells (two 1-digit terms: 200 sums), and
     # almost none of large cells, which a shifted copy of a training set would repeat as often
     for fresh in ("calibrate.fit_task", "calibrate.task"):
@@ -296,7 +299,7 @@ def test_quickstart_fresh_sets_do_not_overlap_training_sets():
             assert sum(prompt_text(p) in trained for p in large) <= 0.01 * len(large), (fresh, train)
             assert sum(prompt_text(p) in trained for p in small) >= 0.5 * len(small), (fresh, train)
     shifted = [p for p in report if "calibrate.shifted_task" in (p["a"], p["b"])]
-    assert [p["shared_prompts"] for p in shifted] == [0] * 4
+    assert [p["shared_prompts"] for p in shifted] == [0] * 6
 
 
 @pytest.mark.parametrize(
