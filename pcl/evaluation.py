@@ -136,24 +136,19 @@ def answer_key(task: TaskSpec, reward: str = "task") -> Callable[[str], str]:
                 return text.strip()
             # The extracted text, not the sympy value, whose evaluation can run for ever (`9^9^9^9`); "18", "18.00"
             # and "1,000"/"1000" compare as numbers
-            extracted = str(parsed[-1]).replace(",", "")
-            try:
-                value = float(extracted)
-            except ValueError:
-                return extracted
-            return repr(value) if np.isfinite(value) else extracted
+            return _number_key(str(parsed[-1]).replace(",", ""))
 
         return math_key
+    return lambda text: _number_key(text.strip())
 
-    def key(text: str) -> str:
-        text = text.strip()
-        try:
-            value = float(text)
-        except ValueError:
-            return text
-        return repr(value) if np.isfinite(value) else text
 
-    return key
+def _number_key(text: str) -> str:
+    """`text` as a number when it is a finite one ("18" and "18.00" agree), else as it is."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return repr(value) if np.isfinite(value) else text
 
 
 def _self_consistency(model, tokenizer, tokens, prompts, answers, k, max_new_tokens, batch_size, key, seed) -> tuple:

@@ -78,6 +78,18 @@ def trainable(model) -> dict[str, torch.Tensor]:
 # ---- the marker's rows in the adapter config ------------------------------------------------------------------------
 
 
+def assert_marker_rows_move(model, config, marker: int = 98, eos: int = 1) -> None:
+    """Wrap with `config`, move every trainable tensor, merge: the marker's rows must have moved off EOS's copy."""
+    wrapped = get_peft_model(model, config)
+    with torch.no_grad():
+        for p in wrapped.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    merged = wrapped.merge_and_unload()
+    embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    assert not torch.equal(embed[marker], embed[eos]) and not torch.equal(head[marker], head[eos])
+
+
 class TestTrainMarkerRows:
     def test_untied_head_joins_modules_to_save_like_trls_added_tokens(self):
         model, tokenizer = no_marker_model()
@@ -118,14 +130,7 @@ class TestTrainMarkerRows:
         model.resize_token_embeddings(99)
         config = train_marker_rows(LoraConfig(**LORA, **user), model, 98)
         assert config.trainable_token_indices == indices and config.modules_to_save == saved
-        wrapped = get_peft_model(model, config)
-        with torch.no_grad():  # train every trainable tensor: the marker's rows move with them
-            for p in wrapped.parameters():
-                if p.requires_grad:
-                    p.add_(1.0)
-        merged = wrapped.merge_and_unload()
-        embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
-        assert not torch.equal(embed[98], embed[1]) and not torch.equal(head[98], head[1])
+        assert_marker_rows_move(model, config)
 
     def test_a_lora_on_the_input_embeddings_learns_the_marker_row(self):
         """PEFT cannot put trainable tokens on an embedding layer that has a LoRA: the LoRA trains its marker row."""
@@ -133,14 +138,7 @@ class TestTrainMarkerRows:
         model.resize_token_embeddings(99)
         config = train_marker_rows(LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]), model, 98)
         assert config.trainable_token_indices is None and config.modules_to_save == ["lm_head"]
-        wrapped = get_peft_model(model, config)
-        with torch.no_grad():
-            for p in wrapped.parameters():
-                if p.requires_grad:
-                    p.add_(1.0)
-        merged = wrapped.merge_and_unload()
-        embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
-        assert not torch.equal(embed[98], embed[1]) and not torch.equal(head[98], head[1])
+        assert_marker_rows_move(model, config)
 
     def test_a_lora_on_tied_input_embeddings_is_refused(self):
         """Its LoRA does not reach the tied head while training: the marker's logit would stay EOS's."""
