@@ -10,7 +10,7 @@ Three numbers per comparison:
                PCL's token ids). It includes what makes FLOPs not proportional to tokens: attention grows with the
                square of the row length, and TRL's fused LM head projects only the positions that carry a label.
                `flop_ratio / flop_floor - 1` is then what PCL's own code adds (GRPO: the score-level logits, a
-               `levels x hidden` product per row) -- an extra forward pass would add about 1/3.
+               `levels x hidden` product per row, and the stop tokens' logits for the stop term) -- an extra forward pass would add about 1/3.
   token_floor  tokens through the model (rows x width, padding included), PCL / stock: the linear approximation.
 
 Counted: matrix products (linear layers, LM head, attention; on CPU the flash-attention kernel is added with the

@@ -61,12 +61,14 @@ def test_flop_ratio_equals_the_token_floor(flops):
         # ... and equal the stock trainer's own FLOPs on PCL's batch: PCL computes nothing beyond the segment's
         # tokens but the score levels' logits (GRPO: a `levels x hidden` product per row)
         assert 1.0 <= c["flop_ratio_over_floor"] < 1.0 + 1e-4, name
-    # Exactly: PCL-SFT's reweighting is element-wise (no matrix product), and PCL-GRPO's one extra product is the
-    # score levels' logits, rows x levels x hidden multiply-adds without backward (teacher-forced mode)
+    # Exactly: PCL-SFT's reweighting is element-wise (no matrix product), and PCL-GRPO's extra products are the
+    # score levels' logits (rows x levels x hidden multiply-adds, no backward) and the stop tokens' logits for the
+    # marker's share of the stop mass (rows x [marker, EOS] x hidden, with backward: 3x) (teacher-forced mode)
     for key in ("no_reward", "reward", "reward_vs_unrendered"):
         assert flops["sft"][key]["pcl_flops"] == flops["sft"][key]["stock_on_pcl_batch_flops"], key
-    grpo, levels = flops["grpo"], SegmentFormat().levels
-    assert grpo["pcl_flops"] - grpo["stock_on_pcl_batch_flops"] == 2 * SIZES.grpo_batch * levels * SIZES.hidden
+    grpo, levels, stops = flops["grpo"], SegmentFormat().levels, 2  # the char tokenizer has one EOS id
+    extra = 2 * SIZES.grpo_batch * SIZES.hidden * (levels + 3 * stops)
+    assert grpo["pcl_flops"] - grpo["stock_on_pcl_batch_flops"] == extra
 
 
 def _with_extra_forward(cls, method: str):
