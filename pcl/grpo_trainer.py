@@ -47,9 +47,11 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
     score is trained where the readout reads it (`prompt + answer + MARKER`). That position stays a policy token: the
     policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T. At
     every stop the segment NLL gets the marker's share of the stop mass, log p(MARKER) / (p(MARKER) + p(EOS ids)): it
-    teaches which stop token to write, never whether to stop (that is the policy's). The segment after the stop
-    trains the LM head's rows and, scaled by `self_assessment_backbone_grad` (default 0), the model below it, so by
-    default the segment cannot change the hidden states the policy computes. With `"generated"` the model
+    teaches which stop token to write, never whether to stop (that is the policy's); it trains the LM head's rows and
+    the model below it (no gradient there while the marker's row is EOS's copy, as after a drop-in resize; under
+    ZeRO-3, whose gathered head is read detached, only the model below it). The segment after the stop trains the LM
+    head's rows and, scaled by `self_assessment_backbone_grad` (default 0), the model below it, so by default only the
+    stop term can move the hidden states the policy computes. With `"generated"` the model
     writes its own assessment, a Brier consistency reward scores it, and that reward's advantage applies to the
     segment tokens only.
 
@@ -346,7 +348,8 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
         head = self._pcl_base.get_output_embeddings()
         # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: it is read detached.
         # Then log p(EOS) at a replaced stop gets its gradient through the hidden state and the fused head only, so
-        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS)
+        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS), and
+        # the stop term (the marker's share of the stop mass) trains no LM-head row, only the hidden state
         zero3 = is_deepspeed_zero3_enabled()
         for name, (rows, positions, ids, grad) in self._pcl_reads.items():
             grad = grad and torch.is_grad_enabled()  # evaluation runs under no_grad: build no graph there
