@@ -41,6 +41,7 @@ __all__ = [
     "RECIPE_ONLY_KEYS",
     "answer_fit_task",
     "calibrated_stages",
+    "check_calibrate",
     "compare_stages",
     "render_stages",
     "run_recipe_calibration",
@@ -48,6 +49,8 @@ __all__ = [
 
 # `calibrate` keys the recipe runner reads itself; the rest go to `run_calibration`
 RECIPE_ONLY_KEYS = ("after_stages", "fit_task")
+# `run_calibration` options the recipe runner sets itself (a recipe's own value would replace them)
+RUNNER_KEYS = ("train_prompts", "train_tasks", "fit_note")
 FIT_ROWS = "fit_rows.jsonl"
 METRICS = ("ece_10", "brier", "auroc")
 
@@ -66,6 +69,31 @@ def calibrated_stages(calibrate: dict, stage_names: Sequence[str]) -> list[str]:
             "list stage names (e.g. `after_stages: [sft, grpo]`), or drop the key to benchmark the last stage only."
         )
     return [s for s in stage_names if s in wanted]
+
+
+def check_calibrate(calibrate: dict, stage_names: Sequence[str]) -> None:
+    """Refuse a `calibrate` section the benchmark would fail on only after every stage has trained: no `task`, a key
+    that is neither the recipe runner's nor a `run_calibration` option (e.g. a misspelt `after_stages`), or stage
+    names that are not stages."""
+    import inspect
+
+    from .evaluation import run_calibration
+
+    if not isinstance(calibrate, dict) or not calibrate.get("task"):
+        raise ValueError(
+            "The recipe's `calibrate` section needs a `task` (the held-out test split, e.g. `task: {name: chain_sum, "
+            "size: 2000, seed: 1000000}`); drop the section (`--calibrate null`) to skip the benchmark."
+        )
+    params = inspect.signature(run_calibration).parameters
+    allowed = {"task", *RECIPE_ONLY_KEYS, *(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY)}
+    allowed -= set(RUNNER_KEYS)
+    unknown = sorted(set(calibrate) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unknown `calibrate` keys {unknown}: the section takes {sorted(allowed)} (`{RUNNER_KEYS[0]}` and "
+            f"`{RUNNER_KEYS[1]}` come from the stages, `{RUNNER_KEYS[2]}` from `fit_task`)."
+        )
+    calibrated_stages(calibrate, stage_names)
 
 
 def answer_fit_task(

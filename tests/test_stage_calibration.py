@@ -150,3 +150,17 @@ def test_fit_rows_scored_by_the_benchmarks_reward_and_fit_questions_seen(tokeniz
     assert [r["reward"] for r in load_fit_rows(kwargs["fit_rows"])] == [0.25] * 6
     assert "quarter_reward" in kwargs["fit_note"]
     assert kwargs["train_prompts"] == ["q", *load_task_cached(TaskSpec.from_dict(fit_task))["prompt"]]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--calibrate.after_stage", "[sft]"], r"Unknown `calibrate` keys \['after_stage'\].*'after_stages'"),
+        (["--calibrate.train_prompts", "[a]"], r"Unknown `calibrate` keys \['train_prompts'\]"),
+        (["--calibrate.task", "null"], "`calibrate` section needs a `task`"),
+    ],
+)
+def test_calibrate_section_refused_when_read(argv, match):
+    """What `run_calibration` would refuse only after every stage has trained is refused when the recipe is read."""
+    with pytest.raises(ValueError, match=match):
+        load_recipe(QUICKSTART, argv)
