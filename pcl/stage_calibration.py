@@ -87,7 +87,8 @@ def check_calibrate(calibrate: dict, stage_names: Sequence[str]) -> None:
     params = inspect.signature(run_calibration).parameters
     allowed = {"task", *RECIPE_ONLY_KEYS, *(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY)}
     allowed -= set(RUNNER_KEYS)
-    unknown = sorted(set(calibrate) - allowed)
+    any_key = any(p.kind is p.VAR_KEYWORD for p in params.values())  # e.g. a wrapper that forwards every option
+    unknown = [] if any_key else sorted(set(calibrate) - allowed)
     if unknown:
         raise ValueError(
             f"Unknown `calibrate` keys {unknown}: the section takes {sorted(allowed)} (`{RUNNER_KEYS[0]}` and "
