@@ -183,6 +183,31 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
         self._pcl_level_grad = False
         self._pcl_segment_rows = None  # (rows, positions, factor): hidden states whose gradient is scaled
         attach_hook(self._pcl_base, self._read_head_rows, module=self._pcl_base.base_model)
+        self._check_score_trains(args)
+
+    def _check_score_trains(self, args: PCLGRPOConfig) -> None:
+        """Refuse a teacher-forced run whose score could not learn: with `self_assessment_backbone_grad=0` only the LM
+        head's rows of the score levels learn it, and an adapter may leave them frozen (a LoRA on a model whose marker
+        is an existing token, or with tied embeddings, where only the marker's row trains)."""
+        if args.self_assessment_mode != "teacher_forced" or args.self_assessment_weight <= 0:
+            return
+        if args.self_assessment_backbone_grad > 0:
+            return
+        head = self._pcl_base.get_output_embeddings()
+        weight = head_weight_and_bias(head)[0]
+        if isinstance(weight, torch.nn.Parameter):
+            trained = weight.requires_grad
+        else:  # PEFT's trainable tokens: the head serves a computed weight whose listed rows train
+            indices = getattr(getattr(head, "token_adapter", None), "token_indices", None) or {}
+            trained = set(self.segment_tokens.level_ids) <= {i for ids in indices.values() for i in ids}
+        if not trained:
+            raise ValueError(
+                "The self-score would not train: with `self_assessment_backbone_grad=0` (the default) the segment "
+                "trains only the LM head's rows of the score levels, and this model's are frozen (e.g. a PEFT adapter "
+                "on a model with tied embeddings, or whose marker is an existing token, so that PCL adds no LM-head "
+                "copy). Set `self_assessment_backbone_grad=1.0` (the segment then trains the adapter too), or train "
+                "the LM head (e.g. `modules_to_save=['lm_head']` on an untied head)."
+            )
 
     def _configure_stop_ids(self) -> None:
         """Teacher-forced rollouts stop at the marker; generated ones must be free to write past it."""
