@@ -103,7 +103,7 @@ def test_recipe_benchmarks_each_stage_with_the_evaluated_models_answers(tmp_path
         gens = pcl.inference.generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=4, tokens=tokens)
         assert [" " + g.text.strip() for g in gens] == [r["completion"] for r in rows]
     comparison = json.loads((root / "stages.json").read_text())
-    assert comparison["stages"] == ["sft", "grpo"]
+    assert comparison["stages"] == ["sft", "grpo", "assess"]  # the quickstart's `after_stages`
     assert set(comparison["subsets"]) == {"heldout_unseen", "heldout_full", "shifted"}
     assert comparison["subsets"]["heldout_full"]["accuracy_vs_first"]["grpo"]["n"] > 0
     assert "# Calibration after each stage" in (root / "stages.md").read_text()
