@@ -321,8 +321,8 @@ def test_prompt_overlap_beyond_tolerance_refused():
     # a problem space of 200 sums: far-apart seeds still repeat almost every question
     tiny = "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}"
     argv = ["--stages.sft.task.size", "500", "--stages.sft.task.config", tiny, "--calibrate.task.size", "300",
-            "--calibrate.task.config", tiny, "--stages.grpo", "null", "--stages.assess", "null",
-            "--calibrate.shifted_task", "null", "--calibrate.fit_task", "null", "--calibrate.after_stages", "null"]  # fmt: skip
+            "--calibrate.task.config", tiny, "--stages.grpo", "null", "--calibrate.shifted_task", "null",
+            "--calibrate.fit_task", "null", "--calibrate.after_stages", "null"]  # fmt: skip
     recipe_, stages = load_recipe(recipe("quickstart.yaml"), argv)  # index ranges are disjoint
     with pytest.raises(OverlapError, match=r"`stages.sft.task` .* and `calibrate.task` .* share \d+ of \d+ distinct "
                                            r"prompts .* above overlap_tolerance 0.45"):  # fmt: skip
