@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pcl.evaluation import run_calibration, summary  # noqa: E402
-from pcl.recipe import fit_rows_of, load_recipe, training_prompts, training_tasks  # noqa: E402
+from pcl.recipe import fit_rows_of, load_recipe, load_task_cached, training_prompts, training_tasks  # noqa: E402
 from pcl.stage_calibration import RECIPE_ONLY_KEYS, answer_fit_task  # noqa: E402
 from pcl.tasks import TaskSpec  # noqa: E402
 
@@ -57,12 +57,16 @@ def main(argv: list[str] | None = None) -> dict:
     fit_rows = fit_rows_of(stages) if args.fit_rows is None else [p for p in args.fit_rows if p != "none"] or None
     spec.setdefault("fit_rows", fit_rows)
     out_dir = os.path.splitext(args.out)[0]
+    train_prompts = training_prompts(recipe, stages)
     if args.fit_rows is None and recipe["calibrate"].get("fit_task"):  # the evaluated model answers the fit questions
+        # seen by their own prompts (the fit rows hold chat prompts rendered as text)
+        train_prompts += load_task_cached(TaskSpec.from_dict(recipe["calibrate"]["fit_task"]))["prompt"]
         spec["fit_rows"], spec["fit_note"] = answer_fit_task(
-            args.model_dir, recipe["calibrate"]["fit_task"], spec.get("max_new_tokens", 64), out_dir
-        )
+            args.model_dir, recipe["calibrate"]["fit_task"], spec.get("max_new_tokens", 64), out_dir,
+            spec.get("reward", "task"),
+        )  # fmt: skip
     metrics = run_calibration(
-        args.model_dir, task, out_dir, train_prompts=training_prompts(recipe, stages), train_tasks=training_tasks(stages),
+        args.model_dir, task, out_dir, train_prompts=train_prompts, train_tasks=training_tasks(stages),
         shifted_task=shifted, quiet=True, **{**spec, "n_boot": args.n_boot},
     )  # fmt: skip
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -37,7 +37,8 @@ class PCLGRPOConfig(GRPOConfig, SelfAssessmentArguments):
             never seen the segment (drop-in use), its large, noisy early gradient otherwise drowns GRPO's policy
             gradient in the shared body and lowers held-out accuracy (measured in `benchmarks/drop_in_control.py`).
             `1.0` trains the body on the segment too, as PCL-SFT does; consider it once the segment is warm (e.g.
-            after a PCL-SFT stage).
+            after a PCL-SFT stage). `0.0` is refused when the LM head's rows of the score levels are frozen (a PEFT
+            adapter on tied embeddings, or with a marker that is an existing token): the score could not learn.
     """
 
     self_assessment_mode: str = field(

@@ -47,9 +47,11 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
     score is trained where the readout reads it (`prompt + answer + MARKER`). That position stays a policy token: the
     policy loss gets log p(EOS) there, computed from the same forward as log p(MARKER) + (z_EOS - z_MARKER) / T. At
     every stop the segment NLL gets the marker's share of the stop mass, log p(MARKER) / (p(MARKER) + p(EOS ids)): it
-    teaches which stop token to write, never whether to stop (that is the policy's). The segment after the stop
-    trains the LM head's rows and, scaled by `self_assessment_backbone_grad` (default 0), the model below it, so by
-    default the segment cannot change the hidden states the policy computes. With `"generated"` the model
+    teaches which stop token to write, never whether to stop (that is the policy's); it trains the LM head's rows and
+    the model below it (no gradient there while the marker's row is EOS's copy, as after a drop-in resize; under
+    ZeRO-3, whose gathered head is read detached, only the model below it). The segment after the stop trains the LM
+    head's rows and, scaled by `self_assessment_backbone_grad` (default 0), the model below it, so by default only the
+    stop term can move the hidden states the policy computes. With `"generated"` the model
     writes its own assessment, a Brier consistency reward scores it, and that reward's advantage applies to the
     segment tokens only.
 
@@ -181,6 +183,31 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
         self._pcl_level_grad = False
         self._pcl_segment_rows = None  # (rows, positions, factor): hidden states whose gradient is scaled
         attach_hook(self._pcl_base, self._read_head_rows, module=self._pcl_base.base_model)
+        self._check_score_trains(args)
+
+    def _check_score_trains(self, args: PCLGRPOConfig) -> None:
+        """Refuse a teacher-forced run whose score could not learn: with `self_assessment_backbone_grad=0` only the LM
+        head's rows of the score levels learn it, and an adapter may leave them frozen (a LoRA on a model whose marker
+        is an existing token, or with tied embeddings, where only the marker's row trains)."""
+        if args.self_assessment_mode != "teacher_forced" or args.self_assessment_weight <= 0:
+            return
+        if args.self_assessment_backbone_grad > 0:
+            return
+        head = self._pcl_base.get_output_embeddings()
+        weight = head_weight_and_bias(head)[0]
+        if isinstance(weight, torch.nn.Parameter):
+            trained = weight.requires_grad
+        else:  # PEFT's trainable tokens: the head serves a computed weight whose listed rows train
+            indices = getattr(getattr(head, "token_adapter", None), "token_indices", None) or {}
+            trained = set(self.segment_tokens.level_ids) <= {i for ids in indices.values() for i in ids}
+        if not trained:
+            raise ValueError(
+                "The self-score would not train: with `self_assessment_backbone_grad=0` (the default) the segment "
+                "trains only the LM head's rows of the score levels, and this model's are frozen (e.g. a PEFT adapter "
+                "on a model with tied embeddings, or whose marker is an existing token, so that PCL adds no LM-head "
+                "copy). Set `self_assessment_backbone_grad=1.0` (the segment then trains the adapter too), or train "
+                "the LM head (e.g. `modules_to_save=['lm_head']` on an untied head)."
+            )
 
     def _configure_stop_ids(self) -> None:
         """Teacher-forced rollouts stop at the marker; generated ones must be free to write past it."""
@@ -346,7 +373,8 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
         head = self._pcl_base.get_output_embeddings()
         # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: it is read detached.
         # Then log p(EOS) at a replaced stop gets its gradient through the hidden state and the fused head only, so
-        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS)
+        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS), and
+        # the stop term (the marker's share of the stop mass) trains no LM-head row, only the hidden state
         zero3 = is_deepspeed_zero3_enabled()
         for name, (rows, positions, ids, grad) in self._pcl_reads.items():
             grad = grad and torch.is_grad_enabled()  # evaluation runs under no_grad: build no graph there

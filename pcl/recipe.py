@@ -181,9 +181,9 @@ def load_recipe(path: str, argv: list[str] | None = None) -> tuple[dict, list[St
     )  # index ranges: cheap
     _check_rewards(recipe, stages)
     if recipe.get("calibrate"):
-        from .stage_calibration import calibrated_stages
+        from .stage_calibration import check_calibrate
 
-        calibrated_stages(recipe["calibrate"], [s.name for s in stages])  # refuse unknown names before training
+        check_calibrate(recipe["calibrate"], [s.name for s in stages])  # refused now, not after the training
     return recipe, stages
 
 

@@ -15,8 +15,9 @@ calibrate:
   `calibration/stages.md` / `stages.json`: accuracy and every source's calibration per stage side by side, and a paired
   bootstrap of each stage's accuracy against the first's on the same items.
 * `fit_task`: the fitted baselines (Platt, isotonic, temperature, probe, difficulty) are fit on the EVALUATED model's
-  own greedy answers to these questions, scored by the task's verifier, so a baseline is never handicapped by labels
-  from another model. It is one of the recipe's datasets, so `pcl train` refuses it when it overlaps any other set.
+  own greedy answers to these questions, scored by the benchmark's reward (`calibrate.reward`, default the task's
+  verifier), so a baseline is never handicapped by labels from another model or another reward; the fit questions
+  count as seen. It is one of the recipe's datasets, so `pcl train` refuses it when it overlaps any other set.
   Without it, the baselines are fit on the recipe's self-labelled rows (the labels PCL-SFT's score saw), if any.
 
 Every item's "seen" flag comes from the whole recipe's training prompts, so each stage's unseen subset holds the same
@@ -40,6 +41,7 @@ __all__ = [
     "RECIPE_ONLY_KEYS",
     "answer_fit_task",
     "calibrated_stages",
+    "check_calibrate",
     "compare_stages",
     "render_stages",
     "run_recipe_calibration",
@@ -47,6 +49,8 @@ __all__ = [
 
 # `calibrate` keys the recipe runner reads itself; the rest go to `run_calibration`
 RECIPE_ONLY_KEYS = ("after_stages", "fit_task")
+# `run_calibration` options the recipe runner sets itself (a recipe's own value would replace them)
+RUNNER_KEYS = ("train_prompts", "train_tasks", "fit_note")
 FIT_ROWS = "fit_rows.jsonl"
 METRICS = ("ece_10", "brier", "auroc")
 
@@ -67,9 +71,39 @@ def calibrated_stages(calibrate: dict, stage_names: Sequence[str]) -> list[str]:
     return [s for s in stage_names if s in wanted]
 
 
-def answer_fit_task(model_dir: str, fit_task: dict, max_new_tokens: int, out_dir: str) -> tuple[str, str]:
-    """The evaluated model's greedy answers to the fit questions (`calibrate.fit_task`), scored by the task's verifier
-    and saved as `fit_rows.jsonl` in `out_dir`; returns (path, where the rows come from, for the report)."""
+def check_calibrate(calibrate: dict, stage_names: Sequence[str]) -> None:
+    """Refuse a `calibrate` section the benchmark would fail on only after every stage has trained: no `task`, a key
+    that is neither the recipe runner's nor a `run_calibration` option (e.g. a misspelt `after_stages`), or stage
+    names that are not stages."""
+    import inspect
+
+    from .evaluation import run_calibration
+
+    if not isinstance(calibrate, dict) or not calibrate.get("task"):
+        raise ValueError(
+            "The recipe's `calibrate` section needs a `task` (the held-out test split, e.g. `task: {name: chain_sum, "
+            "size: 2000, seed: 1000000}`); drop the section (`--calibrate null`) to skip the benchmark."
+        )
+    params = inspect.signature(run_calibration).parameters
+    allowed = {"task", *RECIPE_ONLY_KEYS, *(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY)}
+    allowed -= set(RUNNER_KEYS)
+    any_key = any(p.kind is p.VAR_KEYWORD for p in params.values())  # e.g. a wrapper that forwards every option
+    unknown = [] if any_key else sorted(set(calibrate) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unknown `calibrate` keys {unknown}: the section takes {sorted(allowed)} (`{RUNNER_KEYS[0]}` and "
+            f"`{RUNNER_KEYS[1]}` come from the stages, `{RUNNER_KEYS[2]}` from `fit_task`)."
+        )
+    calibrated_stages(calibrate, stage_names)
+
+
+def answer_fit_task(
+    model_dir: str, fit_task: dict, max_new_tokens: int, out_dir: str, reward: str = "task"
+) -> tuple[str, str]:
+    """The evaluated model's greedy answers to the fit questions (`calibrate.fit_task`), scored by the benchmark's
+    reward (`calibrate.reward`, default the task's verifier: the labels the baselines are fit on must be the ones they
+    are evaluated against) and saved as `fit_rows.jsonl` in `out_dir`; returns (path, where the rows come from, for
+    the report)."""
     from .fitted_baselines import write_fit_rows
     from .marker import format_of, load_pcl_model
     from .recipe import load_task_cached
@@ -78,13 +112,14 @@ def answer_fit_task(model_dir: str, fit_task: dict, max_new_tokens: int, out_dir
     model, tokenizer, _ = load_pcl_model(model_dir)
     task = TaskSpec.from_dict(fit_task)
     spec = {"task": fit_task, "max_new_tokens": max_new_tokens}
-    rows = self_labelled_rows(spec, load_task_cached(task), model, tokenizer, ["task"], format_of(model))
+    rows = self_labelled_rows(spec, load_task_cached(task), model, tokenizer, [reward], format_of(model))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, FIT_ROWS)
     write_fit_rows(rows, path)
     note = (
         f"the evaluated model's own greedy answers to `calibrate.fit_task` ({task.describe()}, "
-        f"{task.size} questions disjoint from every other set of the recipe), scored by the task's verifier"
+        f"{task.size} questions disjoint from every other set of the recipe), scored by "
+        + ("the task's verifier" if reward == "task" else f"the benchmark's reward ({reward})")
     )
     return path, note
 
@@ -104,13 +139,22 @@ def run_recipe_calibration(recipe: dict, stages: list, model_dirs: dict[str, str
     if spec.get("shifted_task"):
         spec["shifted_task"] = TaskSpec.from_dict(spec["shifted_task"])
     max_new_tokens = spec.get("max_new_tokens", 64)
+    if fit_task is not None:
+        from .recipe import load_task_cached
+
+        fit_prompts = load_task_cached(TaskSpec.from_dict(fit_task))["prompt"]
     root = os.path.join(recipe["output_dir"], "calibration")
     per_stage = {}
     for name in names:
         out = root if recipe["calibrate"].get("after_stages") is None else os.path.join(root, name)
         kwargs = {**common, **spec}
         if fit_task is not None:
-            kwargs["fit_rows"], kwargs["fit_note"] = answer_fit_task(model_dirs[name], fit_task, max_new_tokens, out)
+            kwargs["fit_rows"], kwargs["fit_note"] = answer_fit_task(
+                model_dirs[name], fit_task, max_new_tokens, out, spec.get("reward", "task")
+            )
+            # The fit questions count as seen by their own prompts: the fit rows hold chat prompts rendered by the
+            # chat template, which do not match the evaluation set's conversations
+            kwargs["train_prompts"] = [*(kwargs.get("train_prompts") or []), *fit_prompts]
         per_stage[name] = run_calibration(model_dirs[name], task, out, **kwargs)
     result = per_stage[names[-1]]
     if len(names) > 1:

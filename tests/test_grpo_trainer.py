@@ -246,6 +246,47 @@ def test_drop_in_segment_leaves_the_body_to_the_policy(tmp_path):
     torch.testing.assert_close(head, g_nll["lm_head.weight"], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "scale, checkpointing, config",
+    [
+        (0.5, None, {}),
+        (0.0, {"use_reentrant": True}, {}),
+        (0.5, {"use_reentrant": False}, {"num_iterations": 2, "beta": 0.04}),
+    ],
+)
+def test_backbone_grad_scales_the_segment_gradient_into_the_body(tmp_path, scale, checkpointing, config):
+    """`self_assessment_backbone_grad=s`: every parameter below the LM head gets the policy loss's gradient plus s times
+    the segment's (the hook scales the positions after the stop and nothing else), also under gradient checkpointing
+    (whose backward recomputes the layers but not the backbone's output hook) and with old log-probs (num_iterations
+    > 1); the LM head gets the segment's full gradient. The model is a drop-in one (marker row = EOS row), where the
+    stop term sends the body no gradient, so the segment's body gradient is the hand NLL's. The hand NLL's forward
+    comes after the trainer's: a hook left registered would scale it too."""
+    path, base_tok = no_marker_model_dir(tmp_path)
+    weight = 0.7
+    trainer = make_trainer(
+        path, base_tok, tmp_path, self_assessment_weight=weight, self_assessment_backbone_grad=scale, **config
+    )
+    if checkpointing is not None:
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    _, pcl = rollout(trainer)
+    assert (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    assert pcl["self_assessment_mask"].any() and (config.get("num_iterations", 1) == 1) == (
+        "old_per_token_logps" not in pcl
+    )
+    model = trainer.model
+    _, g_w = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    trainer.args.self_assessment_weight = 0.0
+    _, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    _, g_nll = grads(trainer, lambda: hand_segment_nll(model, pcl, trainer.segment_tokens))
+    body = [n for n in g_0 if not n.startswith("lm_head")]
+    assert body and max(g_nll[n].abs().max() for n in body) > 1e-3
+    for name in body:
+        torch.testing.assert_close(g_w[name] - g_0[name], scale * weight * g_nll[name], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(
+        g_w["lm_head.weight"] - g_0["lm_head.weight"], weight * g_nll["lm_head.weight"], rtol=1e-3, atol=1e-6
+    )
+
+
 class TestGeneratedMode:
     def test_consistency_reward_is_brier_and_hides_segment(self, model_dir, tokenizer, tmp_path):
         seen = []

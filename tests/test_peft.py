@@ -164,7 +164,7 @@ class TestTrainMarkerRows:
 
     def test_an_existing_marker_token_leaves_the_config_alone(self, model_dir, tmp_path):
         """The conftest model already has the marker: the user's LoRA config is used as given."""
-        trainer = grpo_trainer(model_dir, tmp_path, LoraConfig(**LORA))
+        trainer = grpo_trainer(model_dir, tmp_path, LoraConfig(**LORA), self_assessment_backbone_grad=1.0)
         config = trainer.model.peft_config["default"]
         assert config.trainable_token_indices is None and config.modules_to_save is None
 
@@ -202,13 +202,32 @@ def test_grpo_lora_on_tied_embeddings_reads_the_head_through_trainable_tokens(tm
     path = tmp_path / "tied"
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    trainer = grpo_trainer(str(path), tmp_path, LoraConfig(**LORA), max_steps=2)
+    # backbone_grad=1: the tied head's digit rows are frozen, so the score learns through the adapter
+    trainer = grpo_trainer(str(path), tmp_path, LoraConfig(**LORA), max_steps=2, self_assessment_backbone_grad=1.0)
     assert type(trainer.model.get_output_embeddings()).__name__ == "TrainableTokensWrapper"
     before = trainable(trainer.model)
     trainer.train()
     delta = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"
     assert not torch.equal(before[delta], trainable(trainer.model)[delta])
     assert "self_assessment/brier" in trainer.state.log_history[0]
+
+
+def test_grpo_lora_refuses_a_score_that_could_not_train(model_dir, tmp_path):
+    """With `self_assessment_backbone_grad=0` (the default) only the LM head's level rows learn the score: a LoRA that
+    leaves them frozen (tied embeddings, where only the marker's row trains; a marker that is an existing token, where
+    no head copy is added) would train no score at all, so it is refused at init with the fix named."""
+    model, tokenizer = no_marker_model(tied=True)
+    tied = tmp_path / "tied"
+    model.save_pretrained(tied)
+    tokenizer.save_pretrained(tied)
+    for path in (str(tied), model_dir):
+        with pytest.raises(ValueError, match=r"self-score would not train.*self_assessment_backbone_grad=1.0"):
+            grpo_trainer(path, tmp_path, LoraConfig(**LORA))
+        grpo_trainer(path, tmp_path, LoraConfig(**LORA), self_assessment_backbone_grad=1.0)  # the named fix
+        grpo_trainer(path, tmp_path, LoraConfig(**LORA), self_assessment_weight=0.0)  # nothing to train
+        head_trained = LoraConfig(**LORA, modules_to_save=["lm_head"]) if path == model_dir else None
+        if head_trained is not None:
+            grpo_trainer(path, tmp_path, head_trained)
 
 
 def resized_base(base_dir, tokenizer, tokens):
@@ -332,7 +351,7 @@ def test_lora_sft_then_grpo(lora_sft, tmp_path):
     trainer.processing_class.save_pretrained(merged_dir)
 
     # GRPO with a fresh adapter on the merged model: the marker is an existing token now, its rows trained already
-    grpo = grpo_trainer(merged_dir, tmp_path, LoraConfig(**LORA), max_steps=2)
+    grpo = grpo_trainer(merged_dir, tmp_path, LoraConfig(**LORA), max_steps=2, self_assessment_backbone_grad=1.0)
     assert grpo.segment_tokens.marker_id == marker
     assert grpo.model.peft_config["default"].modules_to_save is None
     grpo.train()

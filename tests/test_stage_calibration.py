@@ -103,7 +103,64 @@ def test_recipe_benchmarks_each_stage_with_the_evaluated_models_answers(tmp_path
         gens = pcl.inference.generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=4, tokens=tokens)
         assert [" " + g.text.strip() for g in gens] == [r["completion"] for r in rows]
     comparison = json.loads((root / "stages.json").read_text())
-    assert comparison["stages"] == ["sft", "grpo"]
+    assert comparison["stages"] == ["sft", "grpo", "assess"]  # the quickstart's `after_stages`
     assert set(comparison["subsets"]) == {"heldout_unseen", "heldout_full", "shifted"}
     assert comparison["subsets"]["heldout_full"]["accuracy_vs_first"]["grpo"]["n"] > 0
     assert "# Calibration after each stage" in (root / "stages.md").read_text()
+
+
+def quarter_reward(completions, **kwargs):
+    """A benchmark reward (`calibrate.reward`) that is not the task's verifier."""
+    return [0.25] * len(completions)
+
+
+def test_fit_rows_scored_by_the_benchmarks_reward_and_fit_questions_seen(tokenizer, tmp_path):
+    """`calibrate.fit_task` answers are labelled by the reward the benchmark labels its items with (`calibrate.reward`),
+    not always by the task's verifier, and every fit question (by its own prompt, which the fit rows hold rendered)
+    reaches the benchmark as a training prompt, so an evaluation item among them counts as seen."""
+    from types import SimpleNamespace
+
+    from pcl.marker import prepare_model
+    from pcl.recipe import load_task_cached
+    from pcl.segment import SegmentFormat
+    from pcl.stage_calibration import run_recipe_calibration
+    from pcl.tasks import TaskSpec
+    from pcl.tiny import build_tiny_model
+
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
+    prepare_model(model, tokenizer, SegmentFormat())
+    model.save_pretrained(tmp_path / "sft")
+    tokenizer.save_pretrained(tmp_path / "sft")
+    fit_task = {"name": "chain_sum", "size": 6, "seed": 5_000_000}
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "calibrate": {"task": {"name": "chain_sum", "size": 4, "seed": 2_000_000}, "fit_task": fit_task,
+                      "reward": "test_stage_calibration:quarter_reward", "max_new_tokens": 2},
+    }  # fmt: skip
+    calls = []
+
+    def run_calibration(model_dir, task, out, **kwargs):
+        calls.append(kwargs)
+        return {}
+
+    run_recipe_calibration(
+        recipe, [SimpleNamespace(name="sft")], {"sft": str(tmp_path / "sft")}, run_calibration, train_prompts=["q"]
+    )
+    (kwargs,) = calls
+    assert [r["reward"] for r in load_fit_rows(kwargs["fit_rows"])] == [0.25] * 6
+    assert "quarter_reward" in kwargs["fit_note"]
+    assert kwargs["train_prompts"] == ["q", *load_task_cached(TaskSpec.from_dict(fit_task))["prompt"]]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--calibrate.after_stage", "[sft]"], r"Unknown `calibrate` keys \['after_stage'\].*'after_stages'"),
+        (["--calibrate.train_prompts", "[a]"], r"Unknown `calibrate` keys \['train_prompts'\]"),
+        (["--calibrate.task", "null"], "`calibrate` section needs a `task`"),
+    ],
+)
+def test_calibrate_section_refused_when_read(argv, match):
+    """What `run_calibration` would refuse only after every stage has trained is refused when the recipe is read."""
+    with pytest.raises(ValueError, match=match):
+        load_recipe(QUICKSTART, argv)
