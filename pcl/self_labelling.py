@@ -82,12 +82,20 @@ def _gathered(pairs: list[tuple[int, Any]], n: int) -> list:
 
 
 def self_labelled_rows(
-    spec: dict, data, model, tokenizer: PreTrainedTokenizerBase, reward: list[str], fmt: SegmentFormat
+    spec: dict,
+    data,
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    reward: list[str],
+    fmt: SegmentFormat,
+    sharded: bool = True,
 ) -> list[dict]:
     """The model's own greedy answers on a task (`data`, the loaded `spec["task"]`), scored by the stage's reward.
 
     Each row: `prompt` (as text), `completion`, `reward` and the item's `difficulty` features (for the benchmark's
     difficulty-only baseline). `model` is a model or a path; a path is loaded for inference on this rank's device.
+    `sharded=False` does all the work on this process, for callers that run on the main process only (the
+    benchmark): the sharded path's gathers are collectives every rank must join.
     """
     from transformers import AutoModelForCausalLM
 
@@ -101,10 +109,15 @@ def self_labelled_rows(
             model = AutoModelForCausalLM.from_pretrained(model, dtype="auto").to(PartialState().device)
     if not hasattr(model.config, CONFIG_KEY):
         prepare_model(model, tokenizer, fmt)  # a base model: its answers must end at the marker like in training
-    gens = generate_sharded(model, tokenizer, data["prompt"], **{"max_new_tokens": 32, "batch_size": 256, **spec})
+    kwargs = {"max_new_tokens": 32, "batch_size": 256, **spec}
+    if sharded:
+        gens = generate_sharded(model, tokenizer, data["prompt"], **kwargs)
+    else:
+        gens = inference.generate(model, tokenizer, list(data["prompt"]), show_progress=True, **kwargs)
     answers = [" " + g.text.strip() for g in gens]
     func = make_reward_func(task) if reward == ["task"] else resolve_reward_func(reward[0])
-    rewards = score_sharded(func, data, [a.strip() for a in answers])
+    score = score_sharded if sharded else score_completions
+    rewards = score(func, data, [a.strip() for a in answers])
     # Truncated answers stay: deployment truncates too, and their score is read the same way
     keep = [i for i, r in enumerate(rewards) if r is not None]
     if not keep:

@@ -112,7 +112,10 @@ def answer_fit_task(
     model, tokenizer, _ = load_pcl_model(model_dir)
     task = TaskSpec.from_dict(fit_task)
     spec = {"task": fit_task, "max_new_tokens": max_new_tokens}
-    rows = self_labelled_rows(spec, load_task_cached(task), model, tokenizer, [reward], format_of(model))
+    # The benchmark runs on the main process only: no collectives
+    rows = self_labelled_rows(
+        spec, load_task_cached(task), model, tokenizer, [reward], format_of(model), sharded=False
+    )
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, FIT_ROWS)
     write_fit_rows(rows, path)
