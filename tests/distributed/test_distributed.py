@@ -188,20 +188,27 @@ def test_zero2_matches_ddp(run, trainer):
 @pytest.mark.distributed
 def test_pcl_train_recipe_under_zero3(tmp_path):
     """`pcl train` itself under ZeRO-3: several stages (one Accelerator each), self-labelling and the benchmark load
-    models outside the engine, and the final checkpoint is complete."""
+    models outside the engine, the benchmark (main process only) runs no collective, and the final checkpoint is
+    complete."""
     prefix, extra = launcher("zero3")
     cmd = [
         *prefix, "-m", "pcl.cli", "train", str(RECIPES.parent / "quickstart.yaml"),
         "--ddp_backend", "gloo", "--use_cpu", "false", "--bf16", "false", "--output_dir", str(tmp_path),
         "--max_steps", "2", "--disable_tqdm", "true", "--stages.sft.task.size", "200",
         "--stages.assess.task.size", "50", "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "30",
+        "--stages.grpo.task.size", "64", "--stages.grpo.args.per_device_train_batch_size", "8",
+        "--stages.grpo.args.num_generations", "4", "--calibrate.fit_task.size", "30", "--calibrate.shifted_task", "null",
+        "--calibrate.self_consistency_k", "0",
     ]  # fmt: skip
     proc = subprocess.run(
         cmd, env=child_env(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
     )
     assert proc.returncode == 0, proc.stdout[-6000:]
-    metrics = json.loads((tmp_path / "calibration" / "metrics.json").read_text())
-    assert metrics["n"] == 30 and metrics["deploy"]["with_tokens_after_marker"] == 0
+    # every stage benchmarked (`after_stages`), the fit questions answered by the main process alone
+    for stage in ("sft", "grpo", "assess"):
+        metrics = json.loads((tmp_path / "calibration" / stage / "metrics.json").read_text())
+        assert metrics["n"] == 30 and metrics["deploy"]["with_tokens_after_marker"] == 0
+        assert len((tmp_path / "calibration" / stage / "fit_rows.jsonl").read_text().splitlines()) == 30
     model, tokenizer, tokens = load_pcl_model(str(tmp_path / "assess"))
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
 
