@@ -220,6 +220,16 @@ def test_added_term_is_weighted_segment_nll(model_dir, tokenizer, tmp_path, temp
     assert trainer.model.config.post_completion["readout_temperature"] == temperature
 
 
+def segment_gradients(trainer, pcl):
+    """Gradients of PCL's loss at the configured weight, at weight 0, and of the hand-computed segment NLL."""
+    model = trainer.model
+    _, g_w = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    trainer.args.self_assessment_weight = 0.0
+    _, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    _, g_nll = grads(trainer, lambda: hand_segment_nll(model, pcl, trainer.segment_tokens))
+    return g_w, g_0, g_nll
+
+
 def test_drop_in_segment_leaves_the_body_to_the_policy(tmp_path):
     """Drop-in use (a model that ends at EOS; the trainer adds the marker): by default the segment term trains the
     LM head only. Every parameter below it gets exactly the policy loss's gradient (weight 0's), while the segment's
@@ -231,11 +241,7 @@ def test_drop_in_segment_leaves_the_body_to_the_policy(tmp_path):
     _, pcl = rollout(trainer)
     stop_id = pcl["self_assessment_stop_id"]
     assert (stop_id == trainer.segment_tokens.eos_id).any() and pcl["self_assessment_score_index"].ge(0).any()
-    model = trainer.model
-    _, g_1 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
-    trainer.args.self_assessment_weight = 0.0
-    _, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
-    _, g_nll = grads(trainer, lambda: hand_segment_nll(model, pcl, trainer.segment_tokens))
+    g_1, g_0, g_nll = segment_gradients(trainer, pcl)
     body = [n for n in g_0 if not n.startswith("lm_head")]
     assert body and "lm_head.weight" in g_1
     for name in body:
@@ -273,11 +279,7 @@ def test_backbone_grad_scales_the_segment_gradient_into_the_body(tmp_path, scale
     assert pcl["self_assessment_mask"].any() and (config.get("num_iterations", 1) == 1) == (
         "old_per_token_logps" not in pcl
     )
-    model = trainer.model
-    _, g_w = grads(trainer, lambda: trainer._compute_loss(model, pcl))
-    trainer.args.self_assessment_weight = 0.0
-    _, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
-    _, g_nll = grads(trainer, lambda: hand_segment_nll(model, pcl, trainer.segment_tokens))
+    g_w, g_0, g_nll = segment_gradients(trainer, pcl)
     body = [n for n in g_0 if not n.startswith("lm_head")]
     assert body and max(g_nll[n].abs().max() for n in body) > 1e-3
     for name in body:
