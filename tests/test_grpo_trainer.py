@@ -655,12 +655,12 @@ def test_level_logits_are_the_models_own(gemma_dir, tokenizer, tmp_path):
     ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
     attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
     level_ids = torch.tensor(trainer.segment_tokens.level_ids)
-    trainer._pcl_reads = {"level": (rows, positions, level_ids, False)}
+    trainer._pcl_loss.reads = {"level": (rows, positions, level_ids, False)}
     with torch.no_grad():
         logits = trainer.model(input_ids=ids, attention_mask=attention).logits
-    trainer._pcl_reads = {}
+    trainer._pcl_loss.reads = {}
     expected = logits[rows, positions - 1][:, level_ids] / 0.7
-    torch.testing.assert_close(trainer._pcl_read_logits["level"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trainer._pcl_loss.read_logits["level"], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.04])
