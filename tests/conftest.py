@@ -9,7 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
 
+from pcl import PCLGRPOConfig, PCLGRPOTrainer  # noqa: E402
 from pcl.segment import SegmentFormat  # noqa: E402
 from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
@@ -65,6 +67,27 @@ def cpu_args(**kwargs):
         seed=0,
         **kwargs,
     )
+
+
+def grpo_args(tmp_path, **config) -> PCLGRPOConfig:
+    """The GRPO tests' config: `cpu_args`, one step on 2 prompts x 4 rollouts of at most 16 tokens, unless `config`
+    says otherwise."""
+    defaults = dict(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=16, max_steps=1, log_completions=False
+    )
+    return PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(**{**defaults, **config}))
+
+
+def grpo_trainer(model_dir: str, tokenizer, args: PCLGRPOConfig, reward, prompts: list[dict]) -> PCLGRPOTrainer:
+    """A PCL-GRPO trainer on `prompts`, in training mode with one accumulation step, so that tests can call its
+    generation and loss steps directly."""
+    trainer = PCLGRPOTrainer(
+        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(prompts),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
 
 
 def readme_python_block(after: str, index: int = 0) -> str:

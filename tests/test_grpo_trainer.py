@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import cpu_args
+from conftest import cpu_args, grpo_args, grpo_trainer
 from datasets import Dataset
 from transformers import ProcessorMixin
 from trl import GRPOTrainer
@@ -22,22 +22,7 @@ def parity_reward(completions, **kwargs):
 
 
 def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config):
-    config = {
-        "per_device_train_batch_size": 8,
-        "num_generations": 4,
-        "max_completion_length": 16,
-        "max_steps": 1,
-        "log_completions": False,
-        **config,
-    }
-    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(**config))
-    trainer = PCLGRPOTrainer(
-        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
-        processing_class=tokenizer,
-    )  # fmt: skip
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer
+    return grpo_trainer(model_dir, tokenizer, grpo_args(tmp_path, **config), reward, PROMPTS)
 
 
 def rollout(trainer, seed=0, end_at_eos=True):
