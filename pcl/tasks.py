@@ -45,6 +45,7 @@ __all__ = [
     "encode_entry",
     "held_out",
     "load_task",
+    "load_task_cached",
     "make_reward_func",
     "prompt_text",
     "resolve_reward_func",
@@ -185,6 +186,17 @@ def load_task(spec: TaskSpec) -> datasets.Dataset:
 
         data = data.map(lambda row: {"prompt": as_chat(row["prompt"])})
     return data
+
+
+_LOADED: dict[str, datasets.Dataset] = {}
+
+
+def load_task_cached(spec: TaskSpec) -> datasets.Dataset:
+    """`load_task`, loaded once per process: the overlap check, the stages and the benchmark read the same sets."""
+    key = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED[key] = load_task(spec)
+    return _LOADED[key]
 
 
 def _completion_text(completion: Any) -> str:
