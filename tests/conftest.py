@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
@@ -52,6 +53,15 @@ def addition_rows(n: int = 100, reward=lambda a, b: float(a < 5)):
         for b in range(10)
     ]
     return rows[:n]
+
+
+def random_binary(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences and 0/1 outcomes drawn so that the confidences are calibrated; rounded so that ties in the
+    confidences occur, which exercises the tie handling of the rank-based AUROC."""
+    rng = np.random.default_rng(seed)
+    q = np.round(rng.uniform(0, 1, n), 2)
+    c = (rng.uniform(0, 1, n) < q).astype(float)
+    return q, c
 
 
 def cpu_args(**kwargs):
