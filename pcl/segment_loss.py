@@ -48,6 +48,9 @@ class SegmentLoss:
         """Around the parent's forward on `inputs` (a generation batch with PCL's keys): the LM-head rows to read
         (the score levels; the stop ids at teacher-forced stops), the stop and replaced-EOS positions, and the segment
         positions whose body gradient is scaled. Disarmed after the forward, also when it raises."""
+        # A forward that raised (e.g. out of memory, retried by `auto_find_batch_size`) never reached `nll`: its reads
+        # and log-probs must not reach this one (a batch without stops would take the stale stop term)
+        self.read_logits, self.logps = {}, None
         score_index, target = inputs["self_assessment_score_index"], inputs["self_assessment_target"]
         rows = (target >= 0).nonzero().squeeze(1)
         prompt_len = inputs["prompt_ids"].size(1)

@@ -69,6 +69,30 @@ def test_a_failing_forward_disarms():
     assert loss.reads == {} and loss.segment_rows is None and loss.policy_logps(logps) is logps
 
 
+def test_a_failing_forward_leaves_nothing_to_the_next():
+    """A forward that raises after the backbone hook read its rows (e.g. out of memory in the LM head, which
+    `auto_find_batch_size` catches and retries) must not hand its stop logits or log-probs to the next micro-batch."""
+    loss = SegmentLoss(None, TOKENS, temperature=1.0)
+    with pytest.raises(RuntimeError), loss.armed(batch(), args()):
+        loss.read_logits = {"stop": torch.randn(2, 3), "level": torch.randn(2, 10)}  # read by the hook
+        loss.policy_logps(torch.randn(3, 5, requires_grad=True))
+        raise RuntimeError("out of memory")
+    # The next batch was truncated everywhere: no stop, no segment, so no NLL
+    truncated = {
+        "prompt_ids": torch.ones(2, 2, dtype=torch.long),
+        "completion_ids": torch.tensor([[3, 4, 4], [3, 3, 3]]),
+        "completion_mask": torch.ones(2, 3, dtype=torch.long),
+    }
+    assert append_segments(truncated, [[3, 4, 4], [3, 3, 3]], [1.0, 0.0], SegmentFormat(), TOKENS, 0) == 0
+    logps = torch.randn(2, 3)
+    with loss.armed(truncated, args()):
+        assert "stop" not in loss.reads and loss.logps is None
+        loss.read_logits["level"] = torch.zeros(0, 10)  # what the hook reads for no scored row
+        torch.testing.assert_close(loss.policy_logps(logps), logps)
+    nll_sum, n_items, _ = loss.nll(truncated, args())
+    assert nll_sum.item() == 0.0 and n_items == 0
+
+
 def test_both_mode_nll_is_the_levels_cross_entropy():
     inputs = {
         "prompt_ids": torch.ones(3, 2, dtype=torch.long),
@@ -89,11 +113,12 @@ def test_both_mode_nll_is_the_levels_cross_entropy():
 
 
 def test_metric_sums():
-    probs = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.2, 0.7]])
-    target = torch.tensor([0, -1, 2])  # row 1 has no score: the level rows are rows 0 and 2
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    target = torch.tensor([0, -1, 2, 1])  # row 1 has no score: the level rows are rows 0, 2 and 3
     stats = metric_sums(torch.tensor(4.0), torch.tensor(2), probs.log(), target, torch.device("cpu"))
-    brier = (0.25 - 0.0) ** 2 + (0.1 * 0 + 0.2 * 0.5 + 0.7 * 1 - 1.0) ** 2
-    assert [s.item() for s in stats] == pytest.approx([4.0, 2.0, brier, 2.0, 2.0])
+    brier = (0.25 - 0.0) ** 2 + (0.1 * 0 + 0.2 * 0.5 + 0.7 * 1 - 1.0) ** 2 + (0.3 * 0.5 + 0.1 * 1 - 0.5) ** 2
+    # Rows 0 and 2 have their target as argmax (row 0 by the first of a tie), row 3 does not
+    assert [s.item() for s in stats] == pytest.approx([4.0, 2.0, brier, 2.0, 3.0])
     assert [s.item() for s in metric_sums(None, None, None, target, torch.device("cpu"))] == [0.0] * 5
 
 
