@@ -340,3 +340,13 @@ def calibration_report(q: ArrayLike, c: ArrayLike, n_boot: int = 1000, seed: int
     report["mean_confidence"] = float(np.mean(q))
     report["accuracy"] = float(np.mean(c))
     return report
+
+
+def __getattr__(name: str) -> Any:
+    # `paired_bootstrap` and `PAIRED_METRICS` (public names of this module before they moved to
+    # `pcl.paired_bootstrap`) stay importable from here; imported on use, since that module builds on this one
+    if name in ("PAIRED_METRICS", "paired_bootstrap"):
+        from . import paired_bootstrap as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,3 +62,14 @@ def test_paired_bootstrap_resample_weights_equal_direct_metrics():
     }
     for name, values in direct.items():
         assert out[name]["ci"] == pytest.approx(list(np.percentile(values, [2.5, 97.5])), abs=1e-12)
+
+
+def test_still_importable_from_pcl_calibration():
+    """`paired_bootstrap` and `PAIRED_METRICS` were public names of `pcl.calibration` before they got their module."""
+    import pcl.paired_bootstrap
+    from pcl.calibration import PAIRED_METRICS
+    from pcl.calibration import paired_bootstrap as moved
+
+    assert moved is paired_bootstrap and PAIRED_METRICS is pcl.paired_bootstrap.PAIRED_METRICS
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        pcl.calibration.nothing  # noqa: B018
