@@ -27,7 +27,14 @@ from . import inference
 from .fitted_baselines import FIT_ROWS_FILE, load_fit_rows, write_fit_rows
 from .marker import CONFIG_KEY, prepare_model
 from .segment import SegmentFormat
-from .tasks import TaskSpec, make_reward_func, prompt_text, resolve_reward_func, score_completions
+from .tasks import (
+    TaskSpec,
+    load_task_cached,
+    make_reward_func,
+    prompt_text,
+    resolve_reward_func,
+    score_completions,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -167,8 +174,6 @@ def _saved_rows(stage, path: str, data, tokenizer: PreTrainedTokenizerBase) -> l
 def cached_self_labelled_rows(stage, model, tokenizer: PreTrainedTokenizerBase, resume: bool) -> list[dict]:
     """A stage's self-labelled rows: generated (sharded over the ranks) and saved in its output directory by the main
     process, or, on resume, read back from there by the main process and sent to the others."""
-    from .recipe import load_task_cached  # recipe builds on this module
-
     state = PartialState()
     path = self_labelled_path(stage)
     data = load_task_cached(TaskSpec.from_dict(stage.self_labelled["task"]))
