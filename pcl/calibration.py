@@ -11,10 +11,10 @@ Metrics implemented here, in plain numpy:
 * ``auroc``: how well ``q`` ranks correct items above wrong ones (discrimination, ignores calibration).
 * ``aurc``: area under the risk-coverage curve of selective prediction (lower is better).
 * ``bootstrap_ci``: percentile bootstrap intervals for any of the above.
-* ``paired_bootstrap``: the difference of two confidence sources on the same items (one shared resample index for
-  both), its percentile interval and a win / tie / loss verdict.
 * ``collapse_check``: detects a confidence head that emits (nearly) the same value for every input.
 * ``calibration_report``: all of the above in one JSON-serialisable dict.
+
+Comparing two confidence sources on the same items is :mod:`pcl.paired_bootstrap`'s.
 """
 
 from collections.abc import Callable
@@ -33,7 +33,6 @@ __all__ = [
     "calibration_report",
     "collapse_check",
     "expected_calibration_error",
-    "paired_bootstrap",
     "reliability_bins",
     "risk_coverage_curve",
 ]
@@ -68,7 +67,8 @@ def _validate_q(q: ArrayLike) -> np.ndarray:
     return q
 
 
-def _validate(q: ArrayLike, c: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def validate(q: ArrayLike, c: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``q`` and ``c`` as 1-D float arrays of one length, with values in ``[0, 1]``; a clear error otherwise."""
     q = _validate_q(q)
     c = _as_1d(c, "c")
     if q.shape != c.shape:
@@ -108,7 +108,7 @@ def expected_calibration_error(q: ArrayLike, c: ArrayLike, n_bins: int = 10, str
     expected outcome of a random order within the tie) and the result does not depend on the order. With fewer items
     than bins the quantile strategy simply has empty groups, which contribute nothing.
     """
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     n_bins = _check_n_bins(n_bins)
     if strategy not in _STRATEGIES:
         raise ValueError(f"unknown ECE strategy {strategy!r}; expected one of {_STRATEGIES}")
@@ -130,7 +130,7 @@ def expected_calibration_error(q: ArrayLike, c: ArrayLike, n_bins: int = 10, str
 
 def brier_score(q: ArrayLike, c: ArrayLike) -> float:
     """Mean squared error ``mean((q - c)^2)``; works for binary and graded outcomes alike."""
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     return float(np.mean((q - c) ** 2))
 
 
@@ -149,7 +149,7 @@ def auroc(q: ArrayLike, c: ArrayLike) -> float | None:
     ``c >= 1 - 1e-9`` (full reward) and wrong otherwise. Returns ``None`` when there are no correct or no wrong items,
     since the ranking is then undefined (e.g. all ``c`` equal, or graded ``c`` that never reaches 1).
     """
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     pos = c >= 1.0 - _CORRECT_EPS
     n_pos = int(pos.sum())
     n_neg = q.size - n_pos
@@ -181,14 +181,14 @@ def risk_coverage_curve(q: ArrayLike, c: ArrayLike) -> tuple[np.ndarray, np.ndar
     risk(k) is the mean of ``1 - c`` over the kept items (the error rate for binary ``c``); items with tied ``q`` count
     with their tie's mean outcome (the expected risk over the orders of the ties).
     """
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     n = q.size
     return np.arange(1, n + 1) / n, _risks(q, c)
 
 
 def aurc(q: ArrayLike, c: ArrayLike) -> float:
     """Area under the risk-coverage curve: mean of risk(k) over k = 1..N. Lower is better."""
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     return float(np.mean(_risks(q, c)))
 
 
@@ -198,7 +198,7 @@ def reliability_bins(q: ArrayLike, c: ArrayLike, n_bins: int = 10) -> list[dict[
     Keys: ``lo``, ``hi`` (bin edges), ``count``, ``mean_confidence`` and ``accuracy`` (mean ``c``); the two means are
     ``None`` for an empty bin.
     """
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     n_bins = _check_n_bins(n_bins)
     idx = bin_indices(q, n_bins)
     counts = np.bincount(idx, minlength=n_bins)
@@ -233,7 +233,7 @@ def bootstrap_ci(
     undefined (returns ``None`` or a non-finite value, e.g. AUROC on a one-class resample) are skipped; if none is
     valid the result is ``(nan, nan)``.
     """
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0.0 < alpha < 1.0:
@@ -257,19 +257,12 @@ def _ece_10(q: np.ndarray, c: np.ndarray) -> float:
     return expected_calibration_error(q, c, n_bins=10)
 
 
-# The metrics a paired comparison reports, each with whether higher is better
-PAIRED_METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float | None], bool]] = {
-    "auroc": (auroc, True),
-    "brier": (brier_score, False),
-    "ece_10": (_ece_10, False),
-}
-
-
-class _Weighted:
+class ResampledMetrics:
     """AUROC, Brier and ECE-10 of one source on a resample given as item counts ``w``, in O(N) without re-sorting.
 
     A resample with replacement is the data with each item counted ``w_i`` times, so the metrics are weighted sums
-    over structures computed once (tie groups of ``q``, ECE bins): the same values as on ``q[idx], c[idx]``.
+    over structures computed once (tie groups of ``q``, ECE bins): the same values as on ``q[idx], c[idx]``. The
+    resamples of ``calibration_report``'s intervals and of :func:`pcl.paired_bootstrap.paired_bootstrap` use it.
     """
 
     def __init__(self, q: np.ndarray, c: np.ndarray):
@@ -290,72 +283,6 @@ class _Weighted:
         roc = None if n_pos == 0 or n_neg == 0 else float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
         ece = np.sum(np.abs(np.bincount(self.bins, weights=w * self.gap, minlength=10))) / n
         return {"auroc": roc, "brier": float(w @ self.sq / n), "ece_10": float(ece)}
-
-
-def paired_bootstrap(
-    q_source: ArrayLike,
-    q_baseline: ArrayLike,
-    c: ArrayLike,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    indices: ArrayLike | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Paired bootstrap of ``metric(q_source) - metric(q_baseline)`` over items, for AUROC, Brier and ECE-10.
-
-    Both sources are scored on the same items, so each resample applies one shared index to both: the interval then
-    reflects the difference, not the two sources' separate noise. Resample ``b`` is
-    ``np.random.default_rng(seed).integers(0, N, size=N)`` drawn in turn (the same sequence as ``bootstrap_ci``), or
-    row ``b`` of ``indices`` (shape ``(n_boot, N)``) when given. Resamples where a metric is undefined for either source
-    (AUROC on one class) are skipped for that metric.
-
-    Returns ``{metric: {"source", "baseline", "diff", "ci": [lo, hi], "n_resamples", "higher_is_better", "verdict"}}``.
-    The verdict is ``"win"`` when the ``(1 - alpha)`` percentile interval of the difference excludes zero in the
-    source's favour (above zero for AUROC, below zero for Brier and ECE, where lower is better), ``"loss"`` when it
-    excludes zero the other way, ``"tie"`` otherwise, and ``"n/a"`` when the metric is undefined.
-    """
-    q_source, c = _validate(q_source, c)
-    q_baseline, _ = _validate(q_baseline, c)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    n = c.size
-    if indices is None:
-        if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-            raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-        rng = np.random.default_rng(seed)
-        resamples = (rng.integers(0, n, size=n) for _ in range(int(n_boot)))
-    else:
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.ndim != 2 or indices.shape[1] != n or indices.min() < 0 or indices.max() >= n:
-            raise ValueError(f"indices must have shape (n_boot, {n}) with values in [0, {n}), got {indices.shape}")
-        resamples = iter(indices)
-    source, baseline = _Weighted(q_source, c), _Weighted(q_baseline, c)
-    diffs: dict[str, list[float]] = {name: [] for name in PAIRED_METRICS}
-    for idx in resamples:
-        w = np.bincount(idx, minlength=n).astype(np.float64)
-        a, b = source(w), baseline(w)
-        for name in PAIRED_METRICS:
-            if a[name] is not None and b[name] is not None:
-                diffs[name].append(a[name] - b[name])
-    out: dict[str, dict[str, Any]] = {}
-    for name, (fn, higher) in PAIRED_METRICS.items():
-        a, b = fn(q_source, c), fn(q_baseline, c)
-        entry: dict[str, Any] = {
-            "source": a,
-            "baseline": b,
-            "diff": None if a is None or b is None else float(a) - float(b),
-            "ci": [None, None],
-            "n_resamples": len(diffs[name]),
-            "higher_is_better": higher,
-            "verdict": "n/a",
-        }
-        if entry["diff"] is not None and diffs[name]:
-            lo, hi = np.percentile(diffs[name], [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
-            entry["ci"] = [float(lo), float(hi)]
-            better, worse = (lo > 0, hi < 0) if higher else (hi < 0, lo > 0)
-            entry["verdict"] = "win" if better else "loss" if worse else "tie"
-        out[name] = entry
-    return out
 
 
 def collapse_check(q: ArrayLike) -> dict[str, Any]:
@@ -380,7 +307,7 @@ def calibration_report(q: ArrayLike, c: ArrayLike, n_boot: int = 1000, seed: int
     ``[lo, hi]`` list for ``ece_10``, ``brier``, ``auroc`` and ``aurc`` (``[None, None]`` when undefined or when
     ``n_boot=0``); ``collapse`` (see ``collapse_check``), ``mean_confidence`` and ``accuracy`` (mean ``c``).
     """
-    q, c = _validate(q, c)
+    q, c = validate(q, c)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
 
@@ -396,7 +323,7 @@ def calibration_report(q: ArrayLike, c: ArrayLike, n_boot: int = 1000, seed: int
     # The resamples of `bootstrap_ci(metric, q, c, n_boot, seed)` for every metric at once; AUROC, Brier and ECE-10
     # from item counts (O(N) each), AURC on the resampled arrays
     values: dict[str, list[float]] = {name: [] for name in ("ece_10", "brier", "auroc", "aurc")}
-    rng, weighted = np.random.default_rng(seed), _Weighted(q, c)
+    rng, weighted = np.random.default_rng(seed), ResampledMetrics(q, c)
     for _ in range(int(n_boot)):
         idx = rng.integers(0, q.size, size=q.size)
         resample = {**weighted(np.bincount(idx, minlength=q.size).astype(np.float64)), "aurc": aurc(q[idx], c[idx])}
@@ -413,3 +340,13 @@ def calibration_report(q: ArrayLike, c: ArrayLike, n_boot: int = 1000, seed: int
     report["mean_confidence"] = float(np.mean(q))
     report["accuracy"] = float(np.mean(c))
     return report
+
+
+def __getattr__(name: str) -> Any:
+    # `paired_bootstrap` and `PAIRED_METRICS` (public names of this module before they moved to
+    # `pcl.paired_bootstrap`) stay importable from here; imported on use, since that module builds on this one
+    if name in ("PAIRED_METRICS", "paired_bootstrap"):
+        from . import paired_bootstrap as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

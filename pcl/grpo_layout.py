@@ -1,12 +1,19 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
-"""How PCL-GRPO lays the self-assessment segment into a generation batch (teacher-forced mode).
+"""How PCL-GRPO lays the self-assessment segment into a generation batch.
 
-A rollout that stops at the marker becomes `answer MARKER [prefix] SCORE EOS`. A rollout that stops at an EOS id (a
-model that has not learnt the marker yet) becomes the same: its final EOS is replaced by the marker, so the score is
-always trained in the context it is read in (`prompt + answer + MARKER`). The replaced position stays a policy token:
-the trainer hands the policy loss log p(EOS) there. On every row that gets a segment, the stop joins the segment NLL
-(the trainer trains the marker's share of the stop mass there), whether the marker or an EOS was sampled.
+Teacher-forced mode (`append_segments`): a rollout that stops at the marker becomes `answer MARKER [prefix] SCORE EOS`.
+A rollout that stops at an EOS id (a model that has not learnt the marker yet) becomes the same: its final EOS is
+replaced by the marker, so the score is always trained in the context it is read in (`prompt + answer + MARKER`). The
+replaced position stays a policy token: the trainer hands the policy loss log p(EOS) there. On every row that gets a
+segment, the stop joins the segment NLL (the trainer trains the marker's share of the stop mass there), whether the
+marker or an EOS was sampled.
+
+Generated mode: the model writes the segment itself. The task rewards see the answer only (`split_at_marker`), a Brier
+consistency reward scores the written level (`consistency_rewards`), and that reward's advantage applies to the
+segment's tokens (`written_segments`).
 """
+
+import math
 
 import torch
 from trl.trainer.utils import nanstd
@@ -104,3 +111,70 @@ def group_advantages(values: torch.Tensor, num_generations: int, scale_rewards: 
         std = nanstd(values) if values.numel() > 1 else torch.zeros((), device=values.device)
         centered = centered / (std + 1e-4)
     return torch.nan_to_num(centered, nan=0.0)
+
+
+def split_at_marker(
+    completions: list, completion_ids_list: list[list[int]], marker_id: int, tokenizer
+) -> tuple[list, list[list[int]], list[list[int] | None]]:
+    """Generated mode: the completions cut after the marker, for the task rewards, which must see the answer only, not
+    the written assessment. Returns `(texts, answer_ids, segments)`: each answer's text (as an assistant message when
+    the completions are messages) and ids (the marker included), and the ids written after the marker (`None` where
+    the completion has no marker)."""
+    answers, segments = [], []
+    for ids in completion_ids_list:
+        ids = list(ids)
+        cut = ids.index(marker_id) if marker_id in ids else None
+        answers.append(ids if cut is None else ids[: cut + 1])
+        segments.append(None if cut is None else ids[cut + 1 :])
+    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    if completions and not isinstance(completions[0], str):
+        texts = [[{"role": "assistant", "content": t}] for t in texts]
+    return texts, answers, segments
+
+
+def consistency_rewards(targets: list[float | None], written: list[int | None], fmt: SegmentFormat) -> list[float]:
+    """Generated mode's Brier consistency of each written level with its rollout's score target: `1 - (value - target)
+    ** 2`; 0 where no level could be read, NaN where the rollout has no target. An honest "I am wrong" on a wrong
+    answer scores 1 (never 0/0 like a ratio would)."""
+    return [
+        math.nan if g is None else 0.0 if w is None else 1.0 - (fmt.level_value(w) - g) ** 2
+        for g, w in zip(targets, written, strict=True)
+    ]
+
+
+def written_segments(
+    output: dict,
+    answer_ids: list[list[int]],
+    segments: list[list[int] | None],
+    written: list[int | None],
+    targets: list[float | None],
+    segment_advantages: torch.Tensor,
+    fmt: SegmentFormat,
+    tokens: SegmentTokens,
+) -> int:
+    """Generated mode: per-token advantages in `output` (TRL's generation batch, modified in place), the task's on the
+    answer and `segment_advantages` (one per row) on the segment written after it.
+
+    Adds `self_assessment_score_index` and `self_assessment_target` (the written score's position and the target's
+    level, -1 where no level was read or the rollout has no target). Returns the number of rows with a segment.
+    """
+    device = output["completion_ids"].device
+    T = output["completion_ids"].size(1)
+    advantages = output["advantages"].unsqueeze(1).expand(-1, T).clone()
+    score_index = torch.full((advantages.size(0),), -1, dtype=torch.long, device=device)
+    target_level = torch.full_like(score_index, -1)
+    n_prefix = len(tokens.prefix_ids)
+    with_segment = 0
+    for i, (ids, seg) in enumerate(zip(answer_ids, segments, strict=True)):
+        if seg is None:
+            continue
+        start_seg = len(ids)  # `ids` are the answer ids, marker included
+        advantages[i, start_seg:] = segment_advantages[i]
+        with_segment += 1
+        if written[i] is not None and targets[i] is not None:
+            score_index[i] = start_seg + n_prefix
+            target_level[i] = fmt.level_of(targets[i])
+    output["advantages"] = advantages * output["completion_mask"]
+    output["self_assessment_score_index"] = score_index
+    output["self_assessment_target"] = target_level
+    return with_segment

@@ -1,7 +1,5 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 
-import json
-import math
 import os
 
 import torch
@@ -9,29 +7,18 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer import grpo_trainer as grpo_module
-from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .adapters import expose_head_bias, fix_vllm_sync_names, is_peft_model, marker_rows, save_adapter_format
 from .grpo_config import PCLGRPOConfig
-from .grpo_layout import append_segments, group_advantages
-from .head import head_weight_and_bias, project
-from .marker import (
-    CONFIG_KEY,
-    attach_hook,
-    prepare_model,
-    resolve_args_and_tokenizer,
-    segment_tokens,
-    text_tokenizer,
-)
+from .grpo_layout import append_segments, consistency_rewards, group_advantages, split_at_marker, written_segments
+from .marker import CONFIG_KEY, attach_hook, prepare_model, resolve_args_and_tokenizer, segment_tokens, text_tokenizer
 from .model_card import PCLModelCard
+from .reward_targets import REWARD_STATE as REWARD_STATE  # the checkpoint file's name, importable from here as before
 from .reward_targets import RewardTargets
+from .segment_loss import SegmentLoss, check_score_trains, metric_sums
 from .sft_trainer import PAPER
 from .validation import check_prompts, checked_reward_func
 from .vllm_requests import rollout_sampling_kwargs
-
-
-# Running reward ranges (auto mode), saved in each checkpoint folder
-REWARD_STATE = "pcl_reward_ranges.json"
 
 
 class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
@@ -62,14 +49,15 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
 
     Overridden: `__init__` (marker token, on a processor's tokenizer for vision-language models; the model resized
     for it before the parent wraps it, with trainable marker rows under `peft_config` and a vLLM weight sync that
-    keeps them: see `pcl.adapters`; stop id, reward targets; a plain `GRPOConfig` is converted),
+    keeps them: see `pcl.adapters`; stop id, reward targets, the segment loss's hook on the backbone; a plain
+    `GRPOConfig` is converted),
     `_calculate_rewards` (keep the score targets; in generated mode hide the segment from the task rewards),
-    `_generate_and_score_completions` (lay out the segment), `_get_per_token_logps_and_entropies` and `_compute_loss`
-    (add the segment loss, substitute log p(EOS) at replaced stops), `_save_checkpoint` /
-    `_load_optimizer_and_scheduler` (running reward ranges), `_save` (the format beside a PEFT adapter),
-    `create_model_card` / `save_model` (PCL's section of the model card, saved beside every saved model;
-    [`~pcl.model_card.PCLModelCard`]). Everything else is inherited from [`~trl.GRPOTrainer`], so existing GRPO
-    recipes work by swapping the two class names.
+    `_generate_and_score_completions` (lay out the segment: `pcl.grpo_layout`), `_get_per_token_logps_and_entropies`
+    and `_compute_loss` (add the segment loss, substitute log p(EOS) at replaced stops: `pcl.segment_loss`),
+    `_save_checkpoint` / `_load_optimizer_and_scheduler` (running reward ranges: `pcl.reward_targets`), `_save` (the
+    format beside a PEFT adapter), `create_model_card` / `save_model` (PCL's section of the model card, saved beside
+    every saved model; [`~pcl.model_card.PCLModelCard`]). Everything else is inherited from [`~trl.GRPOTrainer`], so
+    existing GRPO recipes work by swapping the two class names.
 
     Example:
 
@@ -177,37 +165,10 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
         self._configure_stop_ids()
         if self.use_vllm and is_peft_model(self.model):
             fix_vllm_sync_names(self.vllm_generation)  # a trainable marker row would reach vLLM under PEFT's names
-        self._pcl_nll_mask = None  # (B, T) positions whose log-probs feed the segment NLL, set during the loss
-        self._pcl_reads = {}  # name -> (rows, positions, ids): LM-head rows to read at those positions
-        self._pcl_read_logits = {}
-        self._pcl_level_grad = False
-        self._pcl_segment_rows = None  # (rows, positions, factor): hidden states whose gradient is scaled
-        attach_hook(self._pcl_base, self._read_head_rows, module=self._pcl_base.base_model)
-        self._check_score_trains(args)
-
-    def _check_score_trains(self, args: PCLGRPOConfig) -> None:
-        """Refuse a teacher-forced run whose score could not learn: with `self_assessment_backbone_grad=0` only the LM
-        head's rows of the score levels learn it, and an adapter may leave them frozen (a LoRA on a model whose marker
-        is an existing token, or with tied embeddings, where only the marker's row trains)."""
-        if args.self_assessment_mode != "teacher_forced" or args.self_assessment_weight <= 0:
-            return
-        if args.self_assessment_backbone_grad > 0:
-            return
-        head = self._pcl_base.get_output_embeddings()
-        weight = head_weight_and_bias(head)[0]
-        if isinstance(weight, torch.nn.Parameter):
-            trained = weight.requires_grad
-        else:  # PEFT's trainable tokens: the head serves a computed weight whose listed rows train
-            indices = getattr(getattr(head, "token_adapter", None), "token_indices", None) or {}
-            trained = set(self.segment_tokens.level_ids) <= {i for ids in indices.values() for i in ids}
-        if not trained:
-            raise ValueError(
-                "The self-score would not train: with `self_assessment_backbone_grad=0` (the default) the segment "
-                "trains only the LM head's rows of the score levels, and this model's are frozen (e.g. a PEFT adapter "
-                "on a model with tied embeddings, or whose marker is an existing token, so that PCL adds no LM-head "
-                "copy). Set `self_assessment_backbone_grad=1.0` (the segment then trains the adapter too), or train "
-                "the LM head (e.g. `modules_to_save=['lm_head']` on an untied head)."
-            )
+        # The segment loss reads LM-head rows from the policy loss's own forward, through a hook on the backbone
+        self._pcl_loss = SegmentLoss(self._pcl_base, self.segment_tokens, self.temperature)
+        attach_hook(self._pcl_base, self._pcl_loss.read_head_rows, module=self._pcl_base.base_model)
+        check_score_trains(self._pcl_base, self.segment_tokens, args)
 
     def _configure_stop_ids(self) -> None:
         """Teacher-forced rollouts stop at the marker; generated ones must be free to write past it."""
@@ -225,25 +186,13 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
 
     # ---- rollouts ------------------------------------------------------------------------------------------------
 
-    def _split_at_marker(self, completions, completion_ids_list):
-        """Generated mode: task rewards must only see the answer, not the written assessment."""
-        marker = self.segment_tokens.marker_id
-        answers, segments = [], []
-        for ids in completion_ids_list:
-            ids = list(ids)
-            cut = ids.index(marker) if marker in ids else None
-            answers.append(ids if cut is None else ids[: cut + 1])
-            segments.append(None if cut is None else ids[cut + 1 :])
-        texts = self._tokenizer.batch_decode(answers, skip_special_tokens=True)
-        if completions and not isinstance(completions[0], str):
-            texts = [[{"role": "assistant", "content": t}] for t in texts]
-        return texts, answers, segments
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         generated = self.args.self_assessment_mode != "teacher_forced"
-        if generated:
-            completions, answer_ids, self._pcl_written = self._split_at_marker(completions, completion_ids_list)
-            completion_ids_list = answer_ids
+        if generated:  # the task rewards see the answer only, not the written assessment
+            marker = self.segment_tokens.marker_id
+            completions, completion_ids_list, self._pcl_written = split_at_marker(
+                completions, completion_ids_list, marker, self._tokenizer
+            )
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
         # Every process maps the same gathered rewards, so running ranges agree across ranks
@@ -263,11 +212,7 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
             written = [None if s is None else self.segment_tokens.parse_ids(s) for s in self._pcl_written]
             self._log_completion_extra("self_assessment_written", written)
             self._pcl_written_levels = written
-            # Brier consistency: an honest "I am wrong" on a wrong answer scores 1 (never 0/0 like a ratio would)
-            consistency = [
-                math.nan if g is None else 0.0 if w is None else 1.0 - (fmt.level_value(w) - g) ** 2
-                for g, w in zip(self._pcl_targets, written, strict=True)
-            ]
+            consistency = consistency_rewards(self._pcl_targets, written, fmt)
             self._pcl_consistency = self.accelerator.gather(torch.tensor(consistency, device=self.accelerator.device))
         return rewards_per_func
 
@@ -291,33 +236,17 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
 
     def _written_segments(self, output: dict) -> None:
         """Generated mode: per-token advantages, task advantage on the answer, consistency advantage on the segment."""
-        device = output["completion_ids"].device
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         # Normalised like GRPO's own advantages (same group size, std and scaling; unrewarded rows get 0)
         seg_adv = group_advantages(self._pcl_consistency, num_generations, self.scale_rewards)
-        start = self.accelerator.process_index * output["completion_ids"].size(0)
-        seg_adv = seg_adv[start : start + output["completion_ids"].size(0)]
-
-        T = output["completion_ids"].size(1)
-        advantages = output["advantages"].unsqueeze(1).expand(-1, T).clone()
-        score_index = torch.full((advantages.size(0),), -1, dtype=torch.long, device=device)
-        target_level = torch.full_like(score_index, -1)
-        fmt, n_prefix = self.args.segment_format, len(self.segment_tokens.prefix_ids)
-        with_segment = 0
-        for i, (ids, seg) in enumerate(zip(self._pcl_completion_ids, self._pcl_written, strict=True)):
-            if seg is None:
-                continue
-            start_seg = len(ids)  # `ids` are the answer ids, marker included
-            advantages[i, start_seg:] = seg_adv[i]
-            with_segment += 1
-            if self._pcl_written_levels[i] is not None and self._pcl_targets[i] is not None:
-                score_index[i] = start_seg + n_prefix
-                target_level[i] = fmt.level_of(self._pcl_targets[i])
-        output["advantages"] = advantages * output["completion_mask"]
-        output["self_assessment_score_index"] = score_index
-        output["self_assessment_target"] = target_level
-        output["self_assessment_num_items"] = self.accelerator.gather((target_level >= 0).sum()).sum()
+        start, n = self.accelerator.process_index * output["completion_ids"].size(0), output["completion_ids"].size(0)
+        with_segment = written_segments(
+            output, self._pcl_completion_ids, self._pcl_written, self._pcl_written_levels, self._pcl_targets,
+            seg_adv[start : start + n], self.args.segment_format, self.segment_tokens,
+        )  # fmt: skip
+        scored = (output["self_assessment_target"] >= 0).sum()
+        output["self_assessment_num_items"] = self.accelerator.gather(scored).sum()
         self._metrics[mode]["self_assessment/consistency"].append(torch.nanmean(self._pcl_consistency).item())
         self._log_segment_fraction(with_segment, len(self._pcl_written))
 
@@ -333,11 +262,8 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            with open(os.path.join(folder, REWARD_STATE), "w") as f:
-                json.dump(self._pcl_reward_targets.state_dict(), f)
+            run_dir = self._get_output_dir(trial=trial)
+            self._pcl_reward_targets.save(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
@@ -346,126 +272,26 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        self._load_reward_state(checkpoint)
-
-    def _load_reward_state(self, checkpoint: str | None) -> None:
-        path = None if checkpoint is None else os.path.join(checkpoint, REWARD_STATE)
-        if path is not None and os.path.exists(path):
-            with open(path) as f:
-                self._pcl_reward_targets.load_state_dict(json.load(f))
+        self._pcl_reward_targets.load(checkpoint)
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
-    def _read_head_rows(self, module, args, output):
-        # Backbone forward hook: the logits of a few LM-head rows at requested positions, computed like the model's
-        # own logits (its logit transforms) at the fused head's temperature, from the same forward pass
-        if not hasattr(output, "last_hidden_state"):
-            return
-        scaled = self._pcl_segment_rows
-        if scaled is not None and output.last_hidden_state.requires_grad and torch.is_grad_enabled():
-            # Scale the segment's gradient into the body: the same values, so the policy loss and readout are unchanged
-            rows, positions, factor = scaled
-            scale = torch.ones_like(output.last_hidden_state[..., :1])
-            scale[rows, positions] = factor
-            output.last_hidden_state.register_hook(lambda grad: grad * scale)
-        if not self._pcl_reads:
-            return
-        head = self._pcl_base.get_output_embeddings()
-        # Under ZeRO-3 the gathered head cannot receive gradients from outside its own forward: it is read detached.
-        # Then log p(EOS) at a replaced stop gets its gradient through the hidden state and the fused head only, so
-        # the EOS and marker LM-head rows receive the policy gradient of log p(MARKER) there instead of log p(EOS), and
-        # the stop term (the marker's share of the stop mass) trains no LM-head row, only the hidden state
-        zero3 = is_deepspeed_zero3_enabled()
-        for name, (rows, positions, ids, grad) in self._pcl_reads.items():
-            grad = grad and torch.is_grad_enabled()  # evaluation runs under no_grad: build no graph there
-            hidden = output.last_hidden_state[rows, positions - 1]  # the hidden state before a token predicts it
-            with maybe_gather_lm_head_ctx(*head_weight_and_bias(head)), torch.set_grad_enabled(grad):
-                h = hidden if grad else hidden.detach()
-                logits = project(h, head, ids.to(h.device), self._pcl_base.config, detach_weight=zero3)
-            self._pcl_read_logits[name] = logits / self.temperature
-
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if self._pcl_nll_mask is not None:
-            # The segment NLL reads the graph-connected log-probs (log p(MARKER) where the marker replaced an EOS)
-            self._pcl_logps = logps
-            # The policy loss sees what the parent would: zeros on the segment (masked out of it anyway, and zeros
-            # keep exp(ref - logp) finite against zero-padded ref log-probs), and log p(EOS) where the EOS was
-            # sampled: log p(EOS) = log p(MARKER) + (z_EOS - z_MARKER) / T, from the same forward pass
-            logps = logps.masked_fill(self._pcl_nll_mask & ~self._pcl_stop_mask, 0.0)
-            stop = self._pcl_read_logits.get("stop")
-            if stop is not None and self._pcl_eos_sel is not None:
-                which, col = self._pcl_eos_sel
-                rows, cols = self._pcl_eos_mask.nonzero(as_tuple=True)
-                logps = logps.index_put((rows, cols), logps[rows, cols] + stop[which, col] - stop[which, 0])
-        return logps, entropies, aux_loss
+        return self._pcl_loss.policy_logps(logps), entropies, aux_loss
 
     def _compute_loss(self, model, inputs):
         if "self_assessment_target" not in inputs:
             return super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
-        teacher_forced = "self_assessment_mask" in inputs
-        score_index, target = inputs["self_assessment_score_index"], inputs["self_assessment_target"]
-        has_score = target >= 0
-        rows = has_score.nonzero().squeeze(1)
-        prompt_len = inputs["prompt_ids"].size(1)
-        self._pcl_level_grad = self.args.self_assessment_mode == "both"
-        level_ids = torch.tensor(self.segment_tokens.level_ids)
-        self._pcl_reads = {"level": (rows, prompt_len + score_index[rows], level_ids, self._pcl_level_grad)}
-        if teacher_forced:
-            self._pcl_nll_mask = inputs["self_assessment_mask"]
-            stop_index, stop_id = inputs["self_assessment_stop_index"], inputs["self_assessment_stop_id"]
-            stop_rows = (stop_index >= 0).nonzero().squeeze(1)
-            self._pcl_stop_mask = torch.zeros_like(self._pcl_nll_mask)  # stops are policy tokens, never zeroed
-            self._pcl_stop_mask[stop_rows, stop_index[stop_rows]] = True
-            eos_rows = (stop_id >= 0) & (stop_id != self.segment_tokens.marker_id)
-            self._pcl_eos_mask = torch.zeros_like(self._pcl_nll_mask)  # where the marker replaced a sampled EOS
-            eos_rows = eos_rows.nonzero().squeeze(1)
-            self._pcl_eos_mask[eos_rows, stop_index[eos_rows]] = True
-            stop_ids = torch.tensor(
-                [self.segment_tokens.marker_id, *self.segment_tokens.eos_ids], device=stop_id.device
-            )
-            self._pcl_eos_sel = None
-            if len(eos_rows):
-                which = torch.searchsorted(stop_rows, eos_rows)
-                col = (stop_id[eos_rows].unsqueeze(1) == stop_ids).float().argmax(1)
-                self._pcl_eos_sel = (which, col)
-            if len(stop_rows):
-                self._pcl_reads["stop"] = (stop_rows, prompt_len + stop_index[stop_rows], stop_ids, True)
-            scale = self.args.self_assessment_backbone_grad
-            if scale != 1.0 and self.args.self_assessment_weight > 0:
-                # The hidden states that predict the segment after the stop: their gradient is scaled by `scale`
-                seg_rows, seg_cols = (self._pcl_nll_mask & ~self._pcl_stop_mask).nonzero(as_tuple=True)
-                self._pcl_segment_rows = (seg_rows, prompt_len + seg_cols - 1, scale)
-        try:
+        with self._pcl_loss.armed(inputs, self.args):
             loss = super()._compute_loss(model, inputs)
-        finally:
-            self._pcl_reads = {}
-            self._pcl_segment_rows = None
-            nll_mask, self._pcl_nll_mask = self._pcl_nll_mask, None
-        level_logits = self._pcl_read_logits.pop("level", None)
-        stop_logits = self._pcl_read_logits.pop("stop", None)
-        self._pcl_read_logits = {}
+        nll_sum, n_items, level_logp = self._pcl_loss.nll(inputs, self.args)
 
         # Like the DAPO normaliser: the global item count of the generation batch, rescaled to one micro-batch
         normalizer = inputs["self_assessment_num_items"].clamp(min=1.0) / self.accelerator.num_processes
         if mode == "train":
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        level_logp = None if level_logits is None else level_logits.log_softmax(-1)
-        if teacher_forced:
-            nll_sum = -(self._pcl_logps * (nll_mask & ~self._pcl_stop_mask)).sum()
-            if stop_logits is not None:
-                # At the stop: the marker's share of the stop mass, log p(MARKER) - log sum p(stop ids). Whether to
-                # stop is the policy's to learn; a full-vocabulary log p(MARKER) would raise the stop probability
-                # wherever the rollouts stopped, rewarded or not (answers cut short)
-                nll_sum = nll_sum - (stop_logits[:, 0] - stop_logits.logsumexp(-1)).sum()
-            n_items = nll_mask.sum()
-            self._pcl_logps = None
-        elif self.args.self_assessment_mode == "both" and level_logp is not None:
-            nll_sum = -level_logp.gather(1, target[rows].unsqueeze(1)).sum()
-            n_items = has_score.sum()
-        else:
-            nll_sum = n_items = None
         term = torch.zeros((), device=loss.device)
         if nll_sum is not None and self.args.self_assessment_weight > 0:
             term = self.args.self_assessment_weight * nll_sum / normalizer
@@ -473,19 +299,10 @@ class PCLGRPOTrainer(PCLModelCard, GRPOTrainer):
 
         # Metrics, global over ranks. `loss` (TRL's) includes the segment term; `self_assessment/loss` is that term,
         # so the policy loss is their difference
-        stats = [torch.zeros((), device=loss.device) for _ in range(6)]
-        if nll_sum is not None:
-            stats[0], stats[1] = nll_sum.detach(), n_items.float()
-        if level_logp is not None and len(rows):
-            probs = level_logp.detach().exp()
-            values = torch.linspace(0, 1, probs.size(1), device=probs.device)
-            truth = values[target[rows]]
-            stats[2] = (((probs * values).sum(-1) - truth) ** 2).sum()
-            stats[3] = (probs.argmax(-1) == target[rows]).sum().float()
-            stats[4] = torch.tensor(float(len(rows)), device=loss.device)
+        stats = metric_sums(nll_sum, n_items, level_logp, inputs["self_assessment_target"], loss.device)
         # TRL's `loss` sums the micro-batch losses of a step while `_metrics` average them: scale the term back up
         scale = self.current_gradient_accumulation_steps if mode == "train" else 1
-        stats[5] = term.detach() * scale / self.accelerator.num_processes
+        stats.append(term.detach() * scale / self.accelerator.num_processes)
         nll, n, brier, correct, n_scores, seg_loss = self.accelerator.reduce(torch.stack(stats), "sum").tolist()
         self._metrics[mode]["self_assessment/loss"].append(seg_loss)
         if n > 0:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import auroc, calibration_report, paired_bootstrap
+from .calibration import auroc, calibration_report
+from .paired_bootstrap import paired_bootstrap
 from .tasks import decode_entry
 
 

@@ -40,11 +40,10 @@ the others: `load_recipe` refuses reasoning-gym sets whose index ranges `[seed, 
 `run_recipe` also compares their prompts before training (see `pcl.splits`).
 """
 
-import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -52,10 +51,12 @@ from trl import TrlParser
 
 from .grpo_config import PCLGRPOConfig
 from .rewards import GRPO_REWARD_INPUTS, REWARD_INPUTS, check_reward_inputs
-from .self_labelling import cached_self_labelled_rows, self_labelled_path
+from .self_labelling import self_labelled_path
 from .sft_config import PCLSFTConfig
 from .splits import DEFAULT_TOLERANCE, check_disjoint
-from .tasks import TaskSpec, load_task, make_reward_func, resolve_reward_func
+from .stage_training import DONE_FILE as DONE_FILE  # a completed stage's file, importable from here as before
+from .stage_training import run_stage
+from .tasks import TaskSpec, load_task_cached, resolve_reward_func
 
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ logger = logging.getLogger(__name__)
 TRAINERS = {"sft": PCLSFTConfig, "grpo": PCLGRPOConfig}
 RECIPE_KEYS = {"model", "stages", "calibrate", "output_dir", "overlap_tolerance"}
 STAGE_KEYS = {"trainer", "task", "reward", "args", "self_labelled"}
-DONE_FILE = "pcl_stage_complete.json"
 
 
 @dataclass
@@ -216,17 +216,6 @@ def recipe_datasets(recipe: dict, stages: list[Stage], training_only: bool = Fal
     return sets
 
 
-_LOADED: dict[str, Any] = {}
-
-
-def load_task_cached(spec: TaskSpec):
-    """`load_task`, loaded once per process: the overlap check, the stages and the benchmark read the same sets."""
-    key = json.dumps(asdict(spec), sort_keys=True, default=str)
-    if key not in _LOADED:
-        _LOADED[key] = load_task(spec)
-    return _LOADED[key]
-
-
 def training_prompts(recipe: dict, stages: list[Stage]) -> list:
     """Every prompt a training stage saw, self-labelled ones included (the benchmark marks these as seen)."""
     return [p for spec in recipe_datasets(recipe, stages, training_only=True).values()
@@ -255,10 +244,6 @@ def check_recipe_overlap(recipe: dict, stages: list[Stage]) -> list[dict]:
     return check_disjoint(sets, recipe.get("overlap_tolerance", DEFAULT_TOLERANCE), prompts)
 
 
-def _reward_funcs(stage: Stage) -> list:
-    return [make_reward_func(stage.task) if r == "task" else resolve_reward_func(r) for r in stage.reward]
-
-
 def _initial_model(recipe: dict):
     """The first stage's model and tokenizer: a tiny model built locally, or a name/path for `from_pretrained`."""
     spec = recipe.get("model") or {}
@@ -272,94 +257,6 @@ def _initial_model(recipe: dict):
 
         return spec["name_or_path"], AutoTokenizer.from_pretrained(spec["name_or_path"])
     raise ValueError("The recipe's `model` must be {tiny: {...}} or {name_or_path: ...}.")
-
-
-def _as_text(prompt, tokenizer) -> str:
-    """A conversational prompt rendered with the chat template, ready for the assistant's answer.
-
-    Self-labelled rows put the model's answer inside the prompt, which only plain text can express; the chat template
-    already holds any BOS, so a BOS the tokenizer would add again is stripped from the text.
-    """
-    if isinstance(prompt, str):
-        return prompt
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
-        text = text[len(bos) :]
-    return text
-
-
-def _stage_dataset(stage: Stage, model, tokenizer, resume: bool = False):
-    from datasets import Dataset, concatenate_datasets
-
-    data = load_task_cached(stage.task)
-    if stage.trainer == "grpo":
-        return data
-    # The reasoning track: gold answers; no reward column, so each row ends `answer MARKER`
-    chat = not isinstance(data[0]["prompt"], str)
-
-    def gold(row):  # a conversational prompt takes a conversational completion: SFTTrainer refuses a mix
-        return {"completion": [{"role": "assistant", "content": row["answer"]}] if chat else " " + row["answer"]}
-
-    data = data.map(gold, remove_columns=["answer", "task", "entry"])
-    if stage.self_labelled is None:
-        return data
-    if chat:  # one dataset cannot mix chat and text rows: render both as text
-        data = data.map(lambda row: {"prompt": _as_text(row["prompt"], tokenizer),
-                                     "completion": " " + row["completion"][0]["content"]})  # fmt: skip
-    rows = cached_self_labelled_rows(stage, model, tokenizer, resume)
-    own = Dataset.from_dict(
-        {
-            "prompt": [r["prompt"] for r in rows],
-            "completion": [r["completion"] for r in rows],
-            "reward": [float(r["reward"]) for r in rows],
-            "self_assessment_only": [True] * len(rows),
-        }
-    )
-    data = data.add_column("reward", [None] * len(data)).add_column("self_assessment_only", [False] * len(data))
-    data = data.cast(own.features)
-    return concatenate_datasets([data, own]).shuffle(seed=stage.args.seed)
-
-
-def run_stage(stage: Stage, model, tokenizer, resume: bool = False) -> str:
-    """Train one stage and save it (safetensors, tokenizer with the marker); returns its output directory."""
-    from .grpo_trainer import PCLGRPOTrainer
-    from .sft_trainer import PCLSFTTrainer
-
-    args, out = stage.args, stage.args.output_dir
-    if os.path.exists(os.path.join(out, DONE_FILE)) and resume:
-        logger.warning(f"Stage {stage.name!r} already complete in {out}; skipping.")
-        return out
-    # Each stage builds its own Accelerator; a DeepSpeed launch allows only one per process state, so reset it
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    dataset = _stage_dataset(stage, model, tokenizer, resume)
-    if stage.trainer == "sft" and stage.self_labelled is not None:
-        logger.warning(f"Stage {stage.name!r}: {len(dataset)} rows (gold answers and self-labelled answers).")
-    if stage.trainer == "sft":
-        trainer = PCLSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    else:
-        tokenizer.padding_side = "left"
-        trainer = PCLGRPOTrainer(
-            model=model,
-            reward_funcs=_reward_funcs(stage),
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-    checkpoint = args.resume_from_checkpoint
-    if resume and checkpoint in (None, "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(out)
-    if trainer.accelerator.is_main_process:
-        with open(os.path.join(out, DONE_FILE), "w") as f:
-            json.dump({"stage": stage.name, "global_step": trainer.state.global_step}, f)
-    trainer.accelerator.wait_for_everyone()
-    return out
 
 
 def run_recipe(path: str, argv: list[str] | None = None) -> dict:

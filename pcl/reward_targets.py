@@ -8,12 +8,18 @@ callable by its running range), and the weighted sum is normalised by the bounds
 """
 
 import dataclasses
+import json
 import math
+import os
 import warnings
 
 import torch
 
 from .segment import SegmentFormat
+
+
+# Running reward ranges (auto mode), saved in each checkpoint folder
+REWARD_STATE = "pcl_reward_ranges.json"
 
 
 class RewardTargets:
@@ -51,6 +57,18 @@ class RewardTargets:
     def load_state_dict(self, state: dict) -> None:
         if len(state.get("ranges", [])) == len(self.ranges):
             self.ranges = [[float(lo), float(hi)] for lo, hi in state["ranges"]]
+
+    def save(self, checkpoint: str) -> None:
+        """Write the running ranges into the checkpoint folder `checkpoint` (`REWARD_STATE`), to resume the run with."""
+        with open(os.path.join(checkpoint, REWARD_STATE), "w") as f:
+            json.dump(self.state_dict(), f)
+
+    def load(self, checkpoint: str | None) -> None:
+        """Resume the running ranges saved in the checkpoint folder `checkpoint`, if it has them."""
+        path = None if checkpoint is None else os.path.join(checkpoint, REWARD_STATE)
+        if path is not None and os.path.exists(path):
+            with open(path) as f:
+                self.load_state_dict(json.load(f))
 
     def _mapped(self, rewards: torch.Tensor, update: bool) -> torch.Tensor:
         """Each column in [0, 1]; NaN (TRL's "not applicable") and infinite values become NaN. `update=False` maps by

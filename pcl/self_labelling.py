@@ -27,7 +27,14 @@ from . import inference
 from .fitted_baselines import FIT_ROWS_FILE, load_fit_rows, write_fit_rows
 from .marker import CONFIG_KEY, prepare_model
 from .segment import SegmentFormat
-from .tasks import TaskSpec, make_reward_func, prompt_text, resolve_reward_func, score_completions
+from .tasks import (
+    TaskSpec,
+    load_task_cached,
+    make_reward_func,
+    prompt_text,
+    resolve_reward_func,
+    score_completions,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,21 @@ logger = logging.getLogger(__name__)
 def self_labelled_path(stage) -> str:
     """Where a stage keeps its self-labelled rows (the labels PCL's score is trained on; the benchmark's fit rows)."""
     return os.path.join(stage.args.output_dir, FIT_ROWS_FILE)
+
+
+def prompt_as_text(prompt, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A conversational prompt rendered with the chat template, ready for the assistant's answer.
+
+    Self-labelled rows put the model's answer inside the prompt, which only plain text can express; the chat template
+    already holds any BOS, so a BOS the tokenizer would add again is stripped from the text.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos) :]
+    return text
 
 
 def generate_sharded(
@@ -100,7 +122,7 @@ def self_labelled_rows(
     from transformers import AutoModelForCausalLM
 
     from .items import difficulty_features
-    from .recipe import _as_text, _plain_loading  # recipe builds on this module
+    from .recipe import _plain_loading  # recipe builds on this module
 
     spec = dict(spec)
     task = TaskSpec.from_dict(spec.pop("task"))
@@ -127,7 +149,7 @@ def self_labelled_rows(
     )
     return [
         {
-            "prompt": _as_text(data["prompt"][i], tokenizer),
+            "prompt": prompt_as_text(data["prompt"][i], tokenizer),
             "completion": answers[i],
             "reward": float(rewards[i]),
             "difficulty": difficulty_features(data["task"][i], data["entry"][i]),
@@ -137,10 +159,8 @@ def self_labelled_rows(
 
 
 def _saved_rows(stage, path: str, data, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
-    from .recipe import _as_text
-
     rows = load_fit_rows(path)
-    expected = {prompt_text(_as_text(p, tokenizer)) for p in data["prompt"]}
+    expected = {prompt_text(prompt_as_text(p, tokenizer)) for p in data["prompt"]}
     stray = next((r["prompt"] for r in rows if prompt_text(r["prompt"]) not in expected), None)
     if stray is not None:
         raise ValueError(
@@ -154,8 +174,6 @@ def _saved_rows(stage, path: str, data, tokenizer: PreTrainedTokenizerBase) -> l
 def cached_self_labelled_rows(stage, model, tokenizer: PreTrainedTokenizerBase, resume: bool) -> list[dict]:
     """A stage's self-labelled rows: generated (sharded over the ranks) and saved in its output directory by the main
     process, or, on resume, read back from there by the main process and sent to the others."""
-    from .recipe import load_task_cached  # recipe builds on this module
-
     state = PartialState()
     path = self_labelled_path(stage)
     data = load_task_cached(TaskSpec.from_dict(stage.self_labelled["task"]))

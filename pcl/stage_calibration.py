@@ -34,7 +34,7 @@ import numpy as np
 from .calibration import bootstrap_ci
 from .items import load_items
 from .report import SOURCE_NAMES
-from .tasks import TaskSpec
+from .tasks import TaskSpec, load_task_cached
 
 
 __all__ = [
@@ -106,7 +106,6 @@ def answer_fit_task(
     the report)."""
     from .fitted_baselines import write_fit_rows
     from .marker import format_of, load_pcl_model
-    from .recipe import load_task_cached
     from .self_labelling import self_labelled_rows
 
     model, tokenizer, _ = load_pcl_model(model_dir)
@@ -143,8 +142,6 @@ def run_recipe_calibration(recipe: dict, stages: list, model_dirs: dict[str, str
         spec["shifted_task"] = TaskSpec.from_dict(spec["shifted_task"])
     max_new_tokens = spec.get("max_new_tokens", 64)
     if fit_task is not None:
-        from .recipe import load_task_cached
-
         fit_prompts = load_task_cached(TaskSpec.from_dict(fit_task))["prompt"]
     root = os.path.join(recipe["output_dir"], "calibration")
     per_stage = {}

@@ -1,9 +1,9 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Training/evaluation tasks and their reward functions, looked up by name.
 
-A task is a reasoning-gym dataset (``"chain_sum"``, ``"composite"``, ...), a ``.jsonl`` file of
-``{"prompt": ..., "answer": ...}`` rows, or a Hub / local dataset read with ``datasets.load_dataset``
-(:mod:`pcl.data_sources`). :func:`load_task` turns a :class:`TaskSpec` into a
+A task is a reasoning-gym dataset (``"chain_sum"``, ``"composite"``, ...; :mod:`pcl.reasoning_gym_source`), a
+``.jsonl`` file of ``{"prompt": ..., "answer": ...}`` rows, or a Hub / local dataset read with
+``datasets.load_dataset`` (:mod:`pcl.data_sources`). :func:`load_task` turns a :class:`TaskSpec` into a
 ``datasets.Dataset`` with the columns ``prompt``, ``answer``, ``task`` and ``entry``;
 :func:`make_reward_func` returns a TRL reward function that re-runs the task's verifier on each completion,
 using the ``entry`` column that TRL passes through as a keyword argument.
@@ -16,10 +16,8 @@ drop the few eval prompts that still occur in the training set.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from .data_sources import (
     load_dataset_rows,
     load_jsonl_rows,
 )
+from .reasoning_gym_source import create_dataset, load_reasoning_gym_rows
 from .rewards import resolve_reward_func
 
 
@@ -46,14 +45,12 @@ __all__ = [
     "encode_entry",
     "held_out",
     "load_task",
+    "load_task_cached",
     "make_reward_func",
     "prompt_text",
     "resolve_reward_func",
     "score_completions",
 ]
-
-# Only a pure arithmetic expression is safe to show without its instruction: it is still the whole problem.
-_ARITH_EXPR = re.compile(r"[0-9\s+\-*/().]+")
 
 
 @dataclass
@@ -165,102 +162,6 @@ class TaskSpec:
         return cls(**d)
 
 
-def _registry() -> dict[str, Any]:
-    # Imported lazily: reasoning_gym registers ~100 generators on import, which slows every CLI start.
-    from reasoning_gym.factory import DATASETS
-
-    return DATASETS
-
-
-def _check_name(name: str) -> None:
-    names = _registry()
-    if name in names:
-        return
-    close = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
-    hint = f" Did you mean {close}?" if close else ""
-    raise ValueError(
-        f"unknown task {name!r}: not a reasoning-gym dataset and not a .jsonl path.{hint} "
-        f"{len(names)} datasets are available; list them with "
-        "`python -c 'import reasoning_gym.factory as f; print(sorted(f.DATASETS))'`."
-    )
-
-
-def _composite_config(config: dict) -> dict:
-    """Turn plain-dict sub-dataset specs into reasoning-gym's DatasetSpec, checking each name."""
-    from reasoning_gym.composite import DatasetSpec
-
-    config = dict(config)
-    subs = config.get("datasets")
-    if not subs:
-        raise ValueError(
-            "a composite task needs config={'datasets': [{'name': 'chain_sum', 'weight': 1.0, 'config': {...}}, ...]}"
-        )
-    specs = []
-    for sub in subs:
-        if isinstance(sub, dict):
-            extra = sorted(set(sub) - {"name", "weight", "config"})
-            if "name" not in sub or extra:
-                raise ValueError(f"composite sub-dataset {sub!r} needs a 'name' and only 'weight'/'config' besides")
-            sub = DatasetSpec(name=sub["name"], weight=sub.get("weight", 1.0), config=dict(sub.get("config") or {}))
-        _check_name(sub.name)
-        specs.append(sub)
-    config["datasets"] = specs
-    return config
-
-
-def _create(spec: TaskSpec) -> Any:
-    """Build the reasoning-gym dataset object for ``spec``, turning config mistakes into readable errors."""
-    import reasoning_gym
-
-    _check_name(spec.name)
-    config = _composite_config(spec.config) if spec.name == "composite" else spec.config
-    try:
-        return reasoning_gym.create_dataset(spec.name, size=spec.size, seed=spec.seed, **config)
-    except TypeError as e:
-        # The config dataclass rejects unknown kwargs with a TypeError that does not list the valid ones.
-        config_cls = _registry()[spec.name][1]
-        valid = [f.name for f in dataclasses.fields(config_cls) if f.name not in ("size", "seed")]
-        raise ValueError(f"bad config for task {spec.name!r}: {e}. Valid config keys: {valid}") from e
-    except AssertionError as e:
-        # reasoning-gym validates configs with bare asserts.
-        raise ValueError(f"invalid config for task {spec.name!r} ({spec.config}): {e}") from e
-
-
-def _strip_instruction(question: str, metadata: Any) -> str:
-    """Reduce an arithmetic question to ``"<expression> ="``; leave any other question unchanged.
-
-    Arithmetic generators (chain_sum, basic_arithmetic, products, decimal_chain_sum) record the bare expression
-    in ``metadata["expression"]``. Requiring it to occur verbatim in a one-line question keeps us from touching
-    tasks where ``expression`` means something else (in countdown it is the solution).
-    """
-    expr = metadata.get("expression") if isinstance(metadata, dict) else None
-    if (
-        isinstance(expr, str)
-        and expr.strip()
-        and _ARITH_EXPR.fullmatch(expr)
-        and "\n" not in question.strip()
-        and expr in question
-    ):
-        return f"{expr.strip()} ="
-    return question
-
-
-def _load_reasoning_gym(spec: TaskSpec) -> dict[str, list[str]]:
-    ds = _create(spec)
-    rows: dict[str, list[str]] = {c: [] for c in _COLUMNS}
-    for entry in ds:
-        question = entry["question"]
-        metadata = entry.get("metadata")
-        rows["prompt"].append(_strip_instruction(question, metadata) if spec.strip_prefix else question)
-        # Some tasks (boxnet, graph_color, rush_hour, ...) have no single gold answer, only a verifier.
-        rows["answer"].append("" if entry.get("answer") is None else str(entry["answer"]))
-        # For composite, name the sub-dataset so per-task metrics are possible.
-        source = metadata.get("source_dataset") if isinstance(metadata, dict) else None
-        rows["task"].append(source if spec.name == "composite" and isinstance(source, str) else spec.name)
-        rows["entry"].append(encode_entry(entry))
-    return rows
-
-
 def load_task(spec: TaskSpec) -> datasets.Dataset:
     """Load a task as a ``datasets.Dataset`` with string columns ``prompt``, ``answer``, ``task``, ``entry``.
 
@@ -270,7 +171,7 @@ def load_task(spec: TaskSpec) -> datasets.Dataset:
     if spec.is_dataset:
         rows = load_dataset_rows(spec)
     else:
-        rows = load_jsonl_rows(spec) if spec.is_jsonl else _load_reasoning_gym(spec)
+        rows = load_jsonl_rows(spec) if spec.is_jsonl else load_reasoning_gym_rows(spec)
     if not rows["prompt"]:
         raise ValueError(f"task {spec.name or spec.dataset_name!r} is empty: it produced no rows")
     text = all(isinstance(p, str) for p in rows["prompt"])  # a dataset's prompts may be conversational already
@@ -285,6 +186,17 @@ def load_task(spec: TaskSpec) -> datasets.Dataset:
 
         data = data.map(lambda row: {"prompt": as_chat(row["prompt"])})
     return data
+
+
+_LOADED: dict[str, datasets.Dataset] = {}
+
+
+def load_task_cached(spec: TaskSpec) -> datasets.Dataset:
+    """`load_task`, loaded once per process: the overlap check, the stages and the benchmark read the same sets."""
+    key = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED[key] = load_task(spec)
+    return _LOADED[key]
 
 
 def _completion_text(completion: Any) -> str:
@@ -328,7 +240,7 @@ def make_reward_func(spec: TaskSpec, threshold: float = 1.0) -> Callable[..., li
         own_tasks = {spec.task_name}
     else:
         # Verifiers only read entry['answer'] / entry['metadata'], so one dataset object serves any seed.
-        dataset = _create(spec)
+        dataset = create_dataset(spec)
         own_tasks = set(dataset.datasets) if spec.name == "composite" else {spec.name}
 
     def score(text: str, entry_json: str) -> float:

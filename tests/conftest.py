@@ -7,9 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
 
+from pcl import PCLGRPOConfig, PCLGRPOTrainer  # noqa: E402
 from pcl.segment import SegmentFormat  # noqa: E402
 from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
@@ -52,6 +55,15 @@ def addition_rows(n: int = 100, reward=lambda a, b: float(a < 5)):
     return rows[:n]
 
 
+def random_binary(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences and 0/1 outcomes drawn so that the confidences are calibrated; rounded so that ties in the
+    confidences occur, which exercises the tie handling of the rank-based AUROC."""
+    rng = np.random.default_rng(seed)
+    q = np.round(rng.uniform(0, 1, n), 2)
+    c = (rng.uniform(0, 1, n) < q).astype(float)
+    return q, c
+
+
 def cpu_args(**kwargs):
     """Training arguments every test shares: CPU, no trackers, no checkpoints, no gradient checkpointing."""
     torch.manual_seed(0)
@@ -65,6 +77,27 @@ def cpu_args(**kwargs):
         seed=0,
         **kwargs,
     )
+
+
+def grpo_args(tmp_path, **config) -> PCLGRPOConfig:
+    """The GRPO tests' config: `cpu_args`, one step on 2 prompts x 4 rollouts of at most 16 tokens, unless `config`
+    says otherwise."""
+    defaults = dict(
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=16, max_steps=1, log_completions=False
+    )
+    return PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(**{**defaults, **config}))
+
+
+def grpo_trainer(model_dir: str, tokenizer, args: PCLGRPOConfig, reward, prompts: list[dict]) -> PCLGRPOTrainer:
+    """A PCL-GRPO trainer on `prompts`, in training mode with one accumulation step, so that tests can call its
+    generation and loss steps directly."""
+    trainer = PCLGRPOTrainer(
+        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(prompts),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
 
 
 def readme_python_block(after: str, index: int = 0) -> str:

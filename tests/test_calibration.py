@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import random_binary
 
 from pcl.calibration import (
     aurc,
@@ -16,18 +17,9 @@ from pcl.calibration import (
     calibration_report,
     collapse_check,
     expected_calibration_error,
-    paired_bootstrap,
     reliability_bins,
     risk_coverage_curve,
 )
-
-
-def _random_binary(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    # Rounded so that ties in q occur, which exercises the tie handling of the rank-based AUROC.
-    q = np.round(rng.uniform(0, 1, n), 2)
-    c = (rng.uniform(0, 1, n) < q).astype(float)
-    return q, c
 
 
 # ---------------------------------------------------------------- bin_indices
@@ -164,7 +156,7 @@ def test_brier_hand():
 def test_brier_matches_sklearn():
     from sklearn import metrics  # a dev dependency: CI must fail, not skip, when it is missing
 
-    q, c = _random_binary(500, seed=1)
+    q, c = random_binary(500, seed=1)
     assert brier_score(q, c) == pytest.approx(metrics.brier_score_loss(c, q))
 
 
@@ -208,7 +200,7 @@ def test_auroc_matches_sklearn():
     from sklearn import metrics
 
     for seed in range(3):
-        q, c = _random_binary(400, seed=seed)
+        q, c = random_binary(400, seed=seed)
         assert auroc(q, c) == pytest.approx(metrics.roc_auc_score(c, q))
 
 
@@ -266,7 +258,7 @@ def test_reliability_bins():
 
 def test_bootstrap_ci_resamples_as_documented():
     # the interval is the percentile of the metric over resamples rng.integers(0, N, size=N), drawn in turn
-    q, c = _random_binary(50, seed=7)
+    q, c = random_binary(50, seed=7)
     rng = np.random.default_rng(3)
     values = []
     for _ in range(40):
@@ -280,7 +272,7 @@ def test_bootstrap_ci_resamples_as_documented():
 
 def test_bootstrap_ci_width_of_a_mean():
     # Brier is a mean of per-item losses: its 95% interval is about +-1.96 standard errors wide
-    q, c = _random_binary(400, seed=7)
+    q, c = random_binary(400, seed=7)
     losses = (q - c) ** 2
     half_width = 1.96 * losses.std() / np.sqrt(losses.size)
     lo, hi = bootstrap_ci(brier_score, q, c, n_boot=2000, seed=0)
@@ -301,47 +293,6 @@ def test_bootstrap_ci_bad_args():
         bootstrap_ci(brier_score, [0.5], [1], n_boot=0)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_ci(brier_score, [0.5], [1], alpha=1.5)
-
-
-# ---------------------------------------------------------------- paired bootstrap
-
-
-def test_paired_bootstrap_hand_computed():
-    q_s, q_b, c = [0.9, 0.2, 0.8], [0.6, 0.6, 0.6], [1, 0, 1]
-    # resample 1 = the data; resample 2 = items 0, 0, 1 (c = 1, 1, 0)
-    #   AUROC: source ranks perfectly (1), constant baseline .5 -> diff .5 in both resamples
-    #   Brier: data (.01 + .04 + .04)/3 - (.16 + .36 + .16)/3 = -.196667 ; resample 2 (.01 + .01 + .04)/3 - .68/3
-    #   ECE-10: data (.1 + .2 + .2)/3 - |2/3 - .6| = .1 ; resample 2 (|2 - 1.8| + .2)/3 - |2 - 1.8|/3 = .066667
-    out = paired_bootstrap(q_s, q_b, c, indices=[[0, 1, 2], [0, 0, 1]])
-    assert out["auroc"]["source"] == 1.0 and out["auroc"]["baseline"] == 0.5 and out["auroc"]["diff"] == 0.5
-    assert out["auroc"]["ci"] == pytest.approx([0.5, 0.5]) and out["auroc"]["verdict"] == "win"
-    b1, b2 = 0.09 / 3 - 0.68 / 3, 0.06 / 3 - 0.68 / 3
-    assert out["brier"]["diff"] == pytest.approx(b1)
-    # percentiles of two values (linear interpolation): lo + .025 (hi - lo) and lo + .975 (hi - lo)
-    assert out["brier"]["ci"] == pytest.approx([b2 + 0.025 * (b1 - b2), b2 + 0.975 * (b1 - b2)])
-    assert out["brier"]["verdict"] == "win"  # lower is better: the whole interval below zero
-    e1, e2 = 0.5 / 3 - 0.2 / 3, 0.4 / 3 - 0.2 / 3
-    assert out["ece_10"]["diff"] == pytest.approx(e1)
-    assert out["ece_10"]["ci"] == pytest.approx([e2 + 0.025 * (e1 - e2), e2 + 0.975 * (e1 - e2)])
-    assert out["ece_10"]["verdict"] == "loss"  # a higher ECE throughout
-    assert all(v["n_resamples"] == 2 for v in out.values())
-    assert out["auroc"]["higher_is_better"] and not out["brier"]["higher_is_better"]
-
-
-def test_paired_bootstrap_tie_skips_and_default_resamples():
-    q, c = _random_binary(60, seed=4)
-    same = paired_bootstrap(q, q, c, n_boot=30)
-    assert all(v["verdict"] == "tie" and v["ci"] == [0.0, 0.0] for v in same.values())
-    # a resample of one class leaves AUROC undefined and is skipped for AUROC only
-    out = paired_bootstrap([0.9, 0.1], [0.5, 0.5], [1, 0], indices=[[0, 1], [0, 0], [1, 0]])
-    assert out["auroc"]["n_resamples"] == 2 and out["brier"]["n_resamples"] == 3
-    # without indices: resamples are drawn from default_rng(seed) as documented
-    q_b = np.clip(q + 0.1, 0, 1)
-    rng = np.random.default_rng(9)
-    explicit = [rng.integers(0, 60, size=60) for _ in range(25)]
-    assert paired_bootstrap(q, q_b, c, n_boot=25, seed=9) == paired_bootstrap(q, q_b, c, indices=explicit)
-    with pytest.raises(ValueError, match="indices"):
-        paired_bootstrap(q, q_b, c, indices=[[0, 1]])
 
 
 # ---------------------------------------------------------------- collapse
@@ -444,7 +395,7 @@ def _assert_png(path):
 def test_plots_write_png(tmp_path):
     from pcl import plots
 
-    q, c = _random_binary(300, seed=0)
+    q, c = random_binary(300, seed=0)
     # a sharply over-confident second source, with empty low bins
     q2 = np.clip(0.6 + 0.4 * q, 0, 1)
 
@@ -465,24 +416,8 @@ def test_plots_write_png(tmp_path):
         plots.risk_coverage_plot({}, tmp_path / "x.png")
 
 
-def test_paired_bootstrap_resample_weights_equal_direct_metrics():
-    # the fast path counts each item w_i times; it must equal the metrics computed on the resampled arrays
-    q, c = _random_binary(80, seed=11)
-    q_b = np.round(np.clip(q + np.random.default_rng(1).normal(0, 0.2, 80), 0, 1), 1)
-    c[::7] = 0.5  # graded outcomes too: not "correct" for AUROC, half a success for Brier and ECE
-    rng = np.random.default_rng(2)
-    indices = [rng.integers(0, 80, size=80) for _ in range(15)]
-    out = paired_bootstrap(q, q_b, c, indices=indices)
-    direct = {
-        name: [fn(q[i], c[i]) - fn(q_b[i], c[i]) for i in indices]
-        for name, fn in (("auroc", auroc), ("brier", brier_score), ("ece_10", expected_calibration_error))
-    }
-    for name, values in direct.items():
-        assert out[name]["ci"] == pytest.approx(list(np.percentile(values, [2.5, 97.5])), abs=1e-12)
-
-
 def test_calibration_report_intervals_equal_bootstrap_ci():
-    q, c = _random_binary(120, seed=5)
+    q, c = random_binary(120, seed=5)
     report = calibration_report(q, c, n_boot=40, seed=3)
     ece_10 = lambda a, b: expected_calibration_error(a, b, n_bins=10)  # noqa: E731
     for name, fn in (("ece_10", ece_10), ("brier", brier_score), ("auroc", auroc), ("aurc", aurc)):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pcl.grpo_layout import append_segments, group_advantages
+from pcl.grpo_layout import append_segments, consistency_rewards, group_advantages, split_at_marker, written_segments
 from pcl.segment import SegmentFormat, SegmentTokens
 
 
@@ -51,3 +51,40 @@ def test_token_type_ids_are_widened_with_the_completion():
     for key in ("token_type_ids", "mm_token_type_ids"):
         assert output[key].shape == (2, width)
         assert torch.equal(output[key][:, :7], types) and not output[key][:, 7:].any()
+
+
+def test_generated_rewards_see_the_answer_only(tokenizer):
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in ("12|34", "56")]
+    marker = ids[0][2]
+    texts, answers, segments = split_at_marker(["12|34", "56"], ids, marker, tokenizer)
+    assert texts == ["12|", "56"] and answers == [ids[0][:3], ids[1]] and segments == [ids[0][3:], None]
+    messages = [[{"role": "assistant", "content": "12|34"}], [{"role": "assistant", "content": "56"}]]
+    texts, _, _ = split_at_marker(messages, ids, marker, tokenizer)
+    assert texts == [[{"role": "assistant", "content": "12|"}], [{"role": "assistant", "content": "56"}]]
+
+
+def test_consistency_rewards():
+    fmt = SegmentFormat()  # ten levels: level 9 is 1.0
+    rewards = consistency_rewards([1.0, 0.0, 1.0, None], [9, 9, None, 3], fmt)
+    assert rewards[:3] == [1.0, 0.0, 0.0] and math.isnan(rewards[3])
+
+
+def test_written_segments_take_the_consistency_advantage():
+    tokens = SegmentTokens(marker_id=98, prefix_ids=(7,), level_ids=tuple(range(20, 30)), eos_id=1, eos_ids=(1,))
+    output = {
+        "completion_ids": torch.zeros(3, 6, dtype=torch.long),
+        "completion_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]),
+        "advantages": torch.tensor([0.5, -1.0, 2.0]),
+    }
+    answers, segments = [[5, 98], [5, 6], [5, 98]], [[7, 25, 1], None, [7, 3, 3, 3]]
+    n = written_segments(output, answers, segments, [5, None, None], [1.0, 0.0, 0.5], torch.tensor([3.0, 4.0, -2.0]),
+                         SegmentFormat(), tokens)  # fmt: skip
+    assert n == 2
+    assert output["advantages"].tolist() == [
+        [0.5, 0.5, 3.0, 3.0, 3.0, 0.0],  # answer: the task's advantage; segment: the consistency's; padding: 0
+        [-1.0, -1.0, 0.0, 0.0, 0.0, 0.0],  # no segment written
+        [2.0, 2.0, -2.0, -2.0, -2.0, -2.0],
+    ]
+    # A score position and target only where a level was read: after `answer MARKER prefix`
+    assert output["self_assessment_score_index"].tolist() == [3, -1, -1]
+    assert output["self_assessment_target"].tolist() == [9, -1, -1]

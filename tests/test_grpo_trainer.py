@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import cpu_args
+from conftest import cpu_args, grpo_args, grpo_trainer
 from datasets import Dataset
 from transformers import ProcessorMixin
 from trl import GRPOTrainer
@@ -22,22 +22,7 @@ def parity_reward(completions, **kwargs):
 
 
 def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config):
-    config = {
-        "per_device_train_batch_size": 8,
-        "num_generations": 4,
-        "max_completion_length": 16,
-        "max_steps": 1,
-        "log_completions": False,
-        **config,
-    }
-    args = PCLGRPOConfig(output_dir=str(tmp_path / "out"), **cpu_args(**config))
-    trainer = PCLGRPOTrainer(
-        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
-        processing_class=tokenizer,
-    )  # fmt: skip
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer
+    return grpo_trainer(model_dir, tokenizer, grpo_args(tmp_path, **config), reward, PROMPTS)
 
 
 def rollout(trainer, seed=0, end_at_eos=True):
@@ -655,12 +640,12 @@ def test_level_logits_are_the_models_own(gemma_dir, tokenizer, tmp_path):
     ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
     attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
     level_ids = torch.tensor(trainer.segment_tokens.level_ids)
-    trainer._pcl_reads = {"level": (rows, positions, level_ids, False)}
+    trainer._pcl_loss.reads = {"level": (rows, positions, level_ids, False)}
     with torch.no_grad():
         logits = trainer.model(input_ids=ids, attention_mask=attention).logits
-    trainer._pcl_reads = {}
+    trainer._pcl_loss.reads = {}
     expected = logits[rows, positions - 1][:, level_ids] / 0.7
-    torch.testing.assert_close(trainer._pcl_read_logits["level"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trainer._pcl_loss.read_logits["level"], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.04])

@@ -8,6 +8,7 @@ import pytest
 from test_data_sources import gsm8k_rows, write_gsm8k_like
 
 import pcl.recipe
+import pcl.stage_training
 from pcl import PCLGRPOConfig, PCLSFTConfig
 from pcl.cli import main
 from pcl.recipe import check_recipe_overlap, load_recipe, load_task_cached, recipe_datasets, split_overrides
@@ -150,15 +151,15 @@ def test_sft_stage_on_chat_prompts(tmp_path, monkeypatch, tokenizer):
             "--stages.assess.args.per_device_train_batch_size", "4", "--stages.assess.args.gradient_accumulation_steps",
             "1"]  # fmt: skip
     _, (assess,) = load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv + ["--stages.assess.self_labelled", "null"])
-    rows = pcl.recipe._stage_dataset(assess, None, tokenizer)
+    rows = pcl.stage_training.stage_dataset(assess, None, tokenizer)
     assert rows[0]["completion"] == [{"role": "assistant", "content": gsm8k_rows(0, 1)["answer"][0]}]
     result = pcl.recipe.run_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv + ["--stages.assess.self_labelled", "null"])
     assert result["model"] == str(tmp_path / "out" / "assess")
     # With self-labelled rows (stood in for here), gold rows are rendered as text like them
     own = {"prompt": "Q", "completion": " 5", "reward": 1.0}
-    monkeypatch.setattr(pcl.recipe, "cached_self_labelled_rows", lambda *a, **k: [own])
+    monkeypatch.setattr(pcl.stage_training, "cached_self_labelled_rows", lambda *a, **k: [own])
     _, (assess,) = load_recipe(recipe("qwen2.5-1.5b-gsm.yaml"), argv)
-    rows = pcl.recipe._stage_dataset(assess, None, tokenizer)
+    rows = pcl.stage_training.stage_dataset(assess, None, tokenizer)
     gold = next(r for r in rows if not r["self_assessment_only"])
     assert isinstance(gold["prompt"], str) and gold["completion"].startswith(" She has")
 
@@ -401,7 +402,6 @@ def test_self_labelled_rows_saved_and_reused_on_resume(tmp_path, monkeypatch, ti
     """The self-labelled rows are saved in the stage's output directory; a resumed run reads them back instead of
     generating again, and refuses rows of another task."""
     import pcl.inference
-    import pcl.recipe
     from pcl.fitted_baselines import load_fit_rows
 
     calls = []
@@ -416,15 +416,15 @@ def test_self_labelled_rows_saved_and_reused_on_resume(tmp_path, monkeypatch, ti
         rows = data.filter(lambda r: r["self_assessment_only"])
         return sorted(zip(rows["prompt"], rows["completion"], rows["reward"], strict=True))
 
-    first = own_rows(pcl.recipe._stage_dataset(stage, tiny_model, tokenizer))
+    first = own_rows(pcl.stage_training.stage_dataset(stage, tiny_model, tokenizer))
     saved = load_fit_rows(tmp_path / "assess" / "self_labelled.jsonl")
     assert len(calls) == 1 and len(saved) == len(first) == 12
     assert sorted((r["prompt"], r["completion"], r["reward"]) for r in saved) == first
     assert all(set(r["difficulty"]) == {"num_terms", "num_digits"} for r in saved)
-    assert own_rows(pcl.recipe._stage_dataset(stage, tiny_model, tokenizer, resume=True)) == first
+    assert own_rows(pcl.stage_training.stage_dataset(stage, tiny_model, tokenizer, resume=True)) == first
     assert len(calls) == 1  # read back, not generated
-    pcl.recipe._stage_dataset(stage, tiny_model, tokenizer)  # a fresh (not resumed) run labels again
+    pcl.stage_training.stage_dataset(stage, tiny_model, tokenizer)  # a fresh (not resumed) run labels again
     assert len(calls) == 2
     _, moved = load_recipe(recipe("quickstart.yaml"), [*argv, "--stages.assess.self_labelled.task.seed", "9000000"])
     with pytest.raises(ValueError, match="self-labelled rows of another task.*Delete the file"):
-        pcl.recipe._stage_dataset(moved[1], tiny_model, tokenizer, resume=True)
+        pcl.stage_training.stage_dataset(moved[1], tiny_model, tokenizer, resume=True)

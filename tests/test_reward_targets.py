@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from pcl.reward_targets import RewardTargets
+from pcl.reward_targets import REWARD_STATE, RewardTargets
 from pcl.segment import SegmentFormat
 
 
@@ -52,6 +52,23 @@ def test_callable_outside_unit_range_widens_its_own_range_and_warns_once():
     fresh = RewardTargets(SegmentFormat(), torch.tensor([1.0, 1.0]), [False, False], ["length", "acc"], True)
     fresh.load_state_dict(t.state_dict())
     assert fresh.ranges == t.ranges
+
+
+def test_ranges_saved_in_and_loaded_from_a_checkpoint_folder(tmp_path):
+    def make():
+        return RewardTargets(SegmentFormat(), torch.tensor([1.0]), [False], ["length"], True)
+
+    t = make()
+    with pytest.warns(UserWarning, match="outside"):
+        t(torch.tensor([[-2.0], [3.0]]))
+    t.save(str(tmp_path))
+    assert (tmp_path / REWARD_STATE).is_file()
+    fresh = make()
+    fresh.load(None)  # no checkpoint: a fresh run
+    fresh.load(str(tmp_path / "missing"))  # a checkpoint without the file (e.g. written by plain GRPO)
+    assert fresh.ranges == [[0.0, 1.0]]
+    fresh.load(str(tmp_path))
+    assert fresh.ranges == [[-2.0, 3.0]]
 
 
 def test_not_applicable_rewards():

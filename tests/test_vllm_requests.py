@@ -9,12 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import cpu_args, readme_python_block
-from datasets import Dataset
+from conftest import grpo_args, grpo_trainer, readme_python_block
 from trl.generation import vllm_generation
 from trl.generation.vllm_client import VLLMClient
 
-from pcl import PCLGRPOConfig, PCLGRPOTrainer
 from pcl.features import answer_ids
 from pcl.inference import encode_prompt
 from pcl.marker import prepare_model
@@ -177,13 +175,7 @@ def engine_patch(monkeypatch):
 
 
 def vllm_config(tmp_path, mode, vllm_mode, **config):
-    return PCLGRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        **cpu_args(
-            per_device_train_batch_size=8, num_generations=4, max_completion_length=16, max_steps=1,
-            log_completions=False, use_vllm=True, vllm_mode=vllm_mode, self_assessment_mode=mode, **config,
-        ),
-    )  # fmt: skip
+    return grpo_args(tmp_path, use_vllm=True, vllm_mode=vllm_mode, self_assessment_mode=mode, **config)
 
 
 def vllm_trainer(model_dir, tokenizer, args, seen):
@@ -191,13 +183,7 @@ def vllm_trainer(model_dir, tokenizer, args, seen):
         seen.extend(completions)
         return [float(len(c) % 2) for c in completions]
 
-    trainer = PCLGRPOTrainer(
-        model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(PROMPTS),
-        processing_class=tokenizer,
-    )  # fmt: skip
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer
+    return grpo_trainer(model_dir, tokenizer, args, reward, PROMPTS)
 
 
 @pytest.mark.parametrize("vllm_mode", ["colocate", "server"])
