@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import addition_rows, cpu_args
+from conftest import PROMPTS, addition_rows, cpu_args, parity_reward
 from datasets import Dataset
 
 
@@ -28,11 +28,6 @@ from pcl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
-PROMPTS = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(10) for b in range(10)]
-
-
-def parity_reward(completions, **kwargs):
-    return [float(len(c) % 2) for c in completions]
 
 
 def no_marker_model(tied: bool = False):
@@ -279,7 +274,7 @@ def test_grpo_teacher_forced_weight_zero_trains_what_grpo_trainer_trains(base_di
     """Teacher-forced PCL-GRPO at weight 0 trains nothing through the segment: the LoRA config is used as given, so
     the trained parameters are GRPOTrainer's with it, and loss and gradients equal `GRPOTrainer._compute_loss` on the
     same rollouts. In the generated modes the model writes its segment, so the marker's rows still train."""
-    from test_grpo_trainer import grads, rollout
+    from conftest import grads, rollout
     from trl import GRPOConfig, GRPOTrainer
 
     trainer = grpo_trainer(
