@@ -168,6 +168,26 @@ def no_marker_model_dir(tmp_path):
     return str(path), base_tok
 
 
+def no_marker_model(tied: bool = False):
+    """A tiny model and tokenizer without the marker, so PCL adds it as a new token."""
+    tokenizer = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model, tokenizer
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    """`no_marker_model()` saved: the PEFT tests' base model, to which PCL adds the marker as a new token."""
+    model, tokenizer = no_marker_model()
+    path = tmp_path / "base"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def readme_python_block(after: str, index: int = 0) -> str:
     """The `index`-th ```python block of README.md after the first occurrence of `after` (a heading or phrase)."""
     import re
