@@ -39,9 +39,8 @@ def paired_bootstrap(
     Both sources are scored on the same items, so each resample applies one shared index to both: the interval then
     reflects the difference, not the two sources' separate noise. Resample ``b`` is
     ``np.random.default_rng(seed).integers(0, N, size=N)`` drawn in turn (the same sequence as
-    :func:`pcl.calibration.bootstrap_ci`), or
-    row ``b`` of ``indices`` (shape ``(n_boot, N)``) when given. Resamples where a metric is undefined for either source
-    (AUROC on one class) are skipped for that metric.
+    :func:`pcl.calibration.bootstrap_ci`), or row ``b`` of ``indices`` (shape ``(n_boot, N)``) when given. Resamples
+    where a metric is undefined for either source (AUROC on one class) are skipped for that metric.
 
     Returns ``{metric: {"source", "baseline", "diff", "ci": [lo, hi], "n_resamples", "higher_is_better", "verdict"}}``.
     The verdict is ``"win"`` when the ``(1 - alpha)`` percentile interval of the difference excludes zero in the

@@ -107,6 +107,7 @@ def _strip_instruction(question: str, metadata: Any) -> str:
 
 
 def load_reasoning_gym_rows(spec: TaskSpec) -> dict[str, list[str]]:
+    """The task's rows as columns (`prompt`, `answer`, `task`, `entry`), one per entry of the generator's dataset."""
     ds = create_dataset(spec)
     rows: dict[str, list[str]] = {c: [] for c in COLUMNS}
     for entry in ds:

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-import datasets
+from datasets import Dataset, concatenate_datasets
 
 from .self_labelling import cached_self_labelled_rows, prompt_as_text
 from .tasks import load_task_cached, make_reward_func, resolve_reward_func
@@ -34,11 +34,9 @@ def reward_funcs(stage: Stage) -> list:
     return [make_reward_func(stage.task) if r == "task" else resolve_reward_func(r) for r in stage.reward]
 
 
-def stage_dataset(stage: Stage, model, tokenizer, resume: bool = False) -> datasets.Dataset:
+def stage_dataset(stage: Stage, model, tokenizer, resume: bool = False) -> Dataset:
     """The stage's training set: a GRPO stage's task as loaded; an SFT stage's gold answers, with its self-labelled
     rows (`model`'s answers, or those saved by an earlier run when `resume`) when it has `self_labelled`."""
-    from datasets import Dataset, concatenate_datasets
-
     data = load_task_cached(stage.task)
     if stage.trainer == "grpo":
         return data

@@ -1,4 +1,5 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
+import copy
 import os
 
 
@@ -11,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
 
 from pcl import PCLGRPOConfig, PCLGRPOTrainer  # noqa: E402
 from pcl.segment import SegmentFormat  # noqa: E402
@@ -98,6 +100,92 @@ def grpo_trainer(model_dir: str, tokenizer, args: PCLGRPOConfig, reward, prompts
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     return trainer
+
+
+# The GRPO tests' prompts: one-digit additions with their answers
+PROMPTS = [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(10) for b in range(10)]
+
+
+def parity_reward(completions, **kwargs):
+    # Mixed rewards on an untrained model, so advantages are non-zero
+    return [float(len(c) % 2) for c in completions]
+
+
+def make_trainer(model_dir, tokenizer, tmp_path, reward=parity_reward, **config):
+    """`grpo_trainer` on `PROMPTS` with `grpo_args(tmp_path, **config)`: the GRPO tests' trainer."""
+    return grpo_trainer(model_dir, tokenizer, grpo_args(tmp_path, **config), reward, PROMPTS)
+
+
+def rollout(trainer, seed=0, end_at_eos=True):
+    """Parent GRPO output for one generation batch, and the same batch with PCL's segments appended.
+
+    With `end_at_eos`, rows the length limit cut are closed with EOS instead (a model that ends its answers at EOS, as
+    every model does before PCL training), so each batch has rows ending at the marker, at EOS, and truncated.
+    """
+    batch = next(iter(trainer.get_train_dataloader()))
+    torch.manual_seed(seed)
+    plain = GRPOTrainer._generate_and_score_completions(trainer, batch)
+    if end_at_eos:
+        tokens = trainer.segment_tokens
+        for i, ids in enumerate(trainer._pcl_completion_ids):
+            if ids[-1] not in (tokens.marker_id, *tokens.eos_ids) and i % 2 == 0:
+                ids[-1] = tokens.eos_id
+                plain["completion_ids"][i, len(ids) - 1] = tokens.eos_id
+    pcl = {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in plain.items()}
+    trainer._append_segments(pcl)
+    return plain, pcl
+
+
+def grads(trainer, loss_fn):
+    """`loss_fn()` and the model's gradients of it."""
+    trainer.model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+def reward_model(tokenizer, seed=1):
+    """A tiny sequence-classification reward model: raw scores of either sign, like a real one."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.mul_(50.0)  # scores of several units, both signs
+    return model
+
+
+def no_marker_model_dir(tmp_path):
+    """A tiny model and tokenizer without the marker, saved: a drop-in model the trainer must resize."""
+    base_tok = build_char_tokenizer(marker=None)
+    path = tmp_path / "no-marker"
+    build_tiny_model(base_tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(path)
+    base_tok.save_pretrained(path)
+    return str(path), base_tok
+
+
+def no_marker_model(tied: bool = False):
+    """A tiny model and tokenizer without the marker, so PCL adds it as a new token."""
+    tokenizer = build_char_tokenizer(marker=None)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model, tokenizer
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    """`no_marker_model()` saved: the PEFT tests' base model, to which PCL adds the marker as a new token."""
+    model, tokenizer = no_marker_model()
+    path = tmp_path / "base"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 def readme_python_block(after: str, index: int = 0) -> str:

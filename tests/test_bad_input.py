@@ -1,9 +1,9 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
 """Bad data and bad settings fail early, with an error that names the problem.
 
-Complements the guard-rail tests of test_sft_trainer.py, test_grpo_trainer.py, test_segment.py and test_marker.py
-(marker in the data, NaN/+inf/out-of-range rewards in SFT rows, an empty completion, missing SFT columns, bad levels,
-weights and reward ranges on SegmentFormat): what is here is not tested there.
+Complements the guard-rail tests of test_sft_trainer.py, test_grpo_trainer.py, test_reward_targets.py, test_segment.py
+and test_marker.py (marker in the data, NaN/+inf/out-of-range rewards in SFT rows, an empty completion, missing SFT
+columns, bad levels, weights and reward ranges on SegmentFormat): what is here is not tested there.
 """
 
 import math

@@ -3,6 +3,8 @@ import json
 import os
 
 import pytest
+import torch
+from conftest import no_marker_model_dir
 
 from pcl.marker import CONFIG_KEY, add_marker_token, load_pcl_model, prepare_model, segment_tokens
 from pcl.segment import SegmentFormat
@@ -194,3 +196,22 @@ def test_new_marker_on_a_spare_row_starts_from_eos(trainer, tmp_path):
     assert emb.shape[0] == rows and marker_id < rows  # no resize: the marker took a spare row
     assert torch.equal(emb[marker_id], emb[tok.eos_token_id])
     assert torch.equal(head[marker_id], head[tok.eos_token_id])
+
+
+def test_peft_wrapped_model_needing_a_resize_is_refused(tmp_path):
+    """A model already wrapped by PEFT (anything with `get_base_model`) cannot take the marker's resize."""
+    from transformers import AutoModelForCausalLM
+
+    from pcl.marker import resize_instance, segment_tokens
+    from pcl.segment import SegmentFormat
+
+    path, base_tok = no_marker_model_dir(tmp_path)
+    base = AutoModelForCausalLM.from_pretrained(path)
+    wrapped = torch.nn.Module()
+    wrapped.get_base_model = lambda: base  # PEFT's accessor to the model it wraps
+    tokens = segment_tokens(base_tok, SegmentFormat())  # adds the marker to the tokenizer
+    with pytest.raises(ValueError, match="existing special \\(e.g. reserved\\) token of the base model"):
+        resize_instance(wrapped, base_tok, tokens)
+    assert base.get_input_embeddings().num_embeddings == len(base_tok) - 1
+    resize_instance(base, base_tok, tokens)  # the bare model is resized
+    assert base.get_input_embeddings().num_embeddings == len(base_tok)

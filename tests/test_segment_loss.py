@@ -1,9 +1,12 @@
 # Copyright 2026 The PCL Authors. Licensed under the Apache License, Version 2.0.
-"""The segment loss's arithmetic on a hand-built batch; its reads from a real forward are checked through the trainer
-(tests/test_grpo_trainer.py: the level logits are the model's own, and weight 0 gives GRPO's gradients)."""
+"""The segment loss's arithmetic on a hand-built batch; then through PCLGRPOTrainer on real rollouts: weight 0 gives
+GRPO's loss and gradients, the added term is the hand-written segment NLL, the backbone-gradient scale and the stop
+term, the level logits read from a real forward are the model's own, and the logged term."""
 
 import pytest
 import torch
+from conftest import grads, make_trainer, no_marker_model_dir, rollout
+from trl import GRPOTrainer
 
 from pcl import PCLGRPOConfig
 from pcl.grpo_layout import append_segments
@@ -132,3 +135,253 @@ def test_check_score_trains(tiny_model):
     for kwargs in ({"self_assessment_backbone_grad": 1.0}, {"self_assessment_weight": 0.0}):
         check_score_trains(tiny_model, level_ids, args(**kwargs))
     check_score_trains(tiny_model, level_ids, args(self_assessment_mode="generated"))
+
+
+# Through PCLGRPOTrainer: the loss on real rollouts against plain GRPO's and a hand-written segment NLL
+LOSS_CASES = [
+    (loss_type, beta, num_iterations)
+    for loss_type in ("dapo", "grpo", "dr_grpo", "cispo")
+    for beta in (0.0, 0.04)
+    for num_iterations in (1, 2)
+] + [("bnpo", 0.0, 1), ("sapo", 0.04, 2), ("luspo", 0.0, 1)]
+
+
+@pytest.mark.parametrize("loss_type, beta, num_iterations", LOSS_CASES)
+def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_type, beta, num_iterations):
+    """With segment weight 0, the loss and gradients are plain GRPO's on the same rollouts."""
+    trainer = make_trainer(
+        model_dir, tokenizer, tmp_path, loss_type=loss_type, beta=beta, num_iterations=num_iterations,
+        self_assessment_weight=0.0,
+    )  # fmt: skip
+    plain, pcl = rollout(trainer)
+    assert (
+        pcl["self_assessment_mask"].any() and (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    )
+    with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+
+def hand_segment_nll(model, pcl, tokens, temperature=1.0):
+    """The segment NLL written out: the full-vocabulary NLL of the segment after the stop, plus at the stop the
+    marker's share of the stop mass, -log p(MARKER) / sum p(stop ids), over the global segment token count."""
+    ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+    attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1] / temperature
+    T = pcl["completion_ids"].size(1)
+    logp = logits[:, -T:].log_softmax(-1).gather(-1, pcl["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    rows = (pcl["self_assessment_stop_index"] >= 0).nonzero().squeeze(1)
+    stops = pcl["self_assessment_stop_index"][rows]
+    after_stop = pcl["self_assessment_mask"].clone()
+    after_stop[rows, stops] = False
+    stop_logits = logits[:, -T:][rows, stops][:, [tokens.marker_id, *tokens.eos_ids]]
+    nll = -(logp * after_stop).sum() - (stop_logits[:, 0] - stop_logits.logsumexp(-1)).sum()
+    return nll / pcl["self_assessment_num_items"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_added_term_is_weighted_segment_nll(model_dir, tokenizer, tmp_path, temperature):
+    """loss(w) = loss(0) + w * NLL(segment at the fused head's temperature) / the global segment token count, and with
+    `self_assessment_backbone_grad=1` the gradients differ by w * the NLL's gradients."""
+    weight = 0.7
+    trainer = make_trainer(
+        model_dir, tokenizer, tmp_path, self_assessment_weight=weight, temperature=temperature,
+        self_assessment_backbone_grad=1.0,
+    )  # fmt: skip
+    _, pcl = rollout(trainer)
+    model = trainer.model
+    loss_w, g_w = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    trainer.args.self_assessment_weight = 0.0
+    loss_0, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    nll, g_nll = grads(trainer, lambda: hand_segment_nll(model, pcl, trainer.segment_tokens, temperature))
+    torch.testing.assert_close(loss_w - loss_0, weight * nll, rtol=1e-5, atol=1e-6)
+    for name, g in g_nll.items():
+        torch.testing.assert_close(g_w[name] - g_0[name], weight * g, rtol=1e-3, atol=1e-6)
+    assert trainer.model.config.post_completion["readout_temperature"] == temperature
+
+
+def segment_gradients(trainer, pcl):
+    """Gradients of PCL's loss at the configured weight, at weight 0, and of the hand-computed segment NLL."""
+    model = trainer.model
+    _, g_w = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    trainer.args.self_assessment_weight = 0.0
+    _, g_0 = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    _, g_nll = grads(trainer, lambda: hand_segment_nll(model, pcl, trainer.segment_tokens))
+    return g_w, g_0, g_nll
+
+
+def test_drop_in_segment_leaves_the_body_to_the_policy(tmp_path):
+    """Drop-in use (a model that ends at EOS; the trainer adds the marker): by default the segment term trains the
+    LM head only. Every parameter below it gets exactly the policy loss's gradient (weight 0's), while the segment's
+    own gradient there would be large: without this, GRPO's held-out accuracy fell on the tiny addition task of
+    benchmarks/drop_in_control.py. The stop term, the marker's share of the stop mass, gives the body no gradient
+    while the marker's rows are the copy of EOS's that the resize made."""
+    path, base_tok = no_marker_model_dir(tmp_path)
+    trainer = make_trainer(path, base_tok, tmp_path)
+    _, pcl = rollout(trainer)
+    stop_id = pcl["self_assessment_stop_id"]
+    assert (stop_id == trainer.segment_tokens.eos_id).any() and pcl["self_assessment_score_index"].ge(0).any()
+    g_1, g_0, g_nll = segment_gradients(trainer, pcl)
+    body = [n for n in g_0 if not n.startswith("lm_head")]
+    assert body and "lm_head.weight" in g_1
+    for name in body:
+        torch.testing.assert_close(g_1[name], g_0[name], rtol=1e-5, atol=1e-8)
+        # the gradient the segment would have sent into the body (for the score and the segment's EOS)
+    assert max(g_nll[n].abs().max() for n in body) > 1e-3
+    head = g_1["lm_head.weight"] - g_0["lm_head.weight"]
+    torch.testing.assert_close(head, g_nll["lm_head.weight"], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "scale, checkpointing, config",
+    [
+        (0.5, None, {}),
+        (0.0, {"use_reentrant": True}, {}),
+        (0.5, {"use_reentrant": False}, {"num_iterations": 2, "beta": 0.04}),
+    ],
+)
+def test_backbone_grad_scales_the_segment_gradient_into_the_body(tmp_path, scale, checkpointing, config):
+    """`self_assessment_backbone_grad=s`: every parameter below the LM head gets the policy loss's gradient plus s times
+    the segment's (the hook scales the positions after the stop and nothing else), also under gradient checkpointing
+    (whose backward recomputes the layers but not the backbone's output hook) and with old log-probs (num_iterations
+    > 1); the LM head gets the segment's full gradient. The model is a drop-in one (marker row = EOS row), where the
+    stop term sends the body no gradient, so the segment's body gradient is the hand NLL's. The hand NLL's forward
+    comes after the trainer's: a hook left registered would scale it too."""
+    path, base_tok = no_marker_model_dir(tmp_path)
+    weight = 0.7
+    trainer = make_trainer(
+        path, base_tok, tmp_path, self_assessment_weight=weight, self_assessment_backbone_grad=scale, **config
+    )
+    if checkpointing is not None:
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    _, pcl = rollout(trainer)
+    assert (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    assert pcl["self_assessment_mask"].any() and (config.get("num_iterations", 1) == 1) == (
+        "old_per_token_logps" not in pcl
+    )
+    g_w, g_0, g_nll = segment_gradients(trainer, pcl)
+    body = [n for n in g_0 if not n.startswith("lm_head")]
+    assert body and max(g_nll[n].abs().max() for n in body) > 1e-3
+    for name in body:
+        torch.testing.assert_close(g_w[name] - g_0[name], scale * weight * g_nll[name], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(
+        g_w["lm_head.weight"] - g_0["lm_head.weight"], weight * g_nll["lm_head.weight"], rtol=1e-3, atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_training_lowers_segment_nll(model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(
+        model_dir, tokenizer, tmp_path, max_steps=60, learning_rate=3e-3, logging_steps=10,
+        per_device_train_batch_size=16, num_generations=8,
+    )  # fmt: skip
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "self_assessment/nll" in log]
+    # By default the segment trains the LM head's rows only (the body is the policy's): slower than through the body
+    assert logs[-1]["self_assessment/nll"] < 0.8 * logs[0]["self_assessment/nll"]
+    assert all(0.0 <= log["self_assessment/brier"] <= 1.0 for log in logs)
+
+
+def test_logs_the_segment_term_beside_the_loss(model_dir, tokenizer, tmp_path):
+    """`loss` includes the segment term; `self_assessment/loss` is that term, so the policy loss stays readable."""
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, self_assessment_weight=0.5)
+    _, pcl = rollout(trainer)
+    loss = trainer._compute_loss(trainer.model, pcl)
+    term = trainer._metrics["train"]["self_assessment/loss"][-1]
+    trainer.args.self_assessment_weight = 0.0
+    policy = trainer._compute_loss(trainer.model, pcl)
+    assert term > 0 and loss.item() - policy.item() == pytest.approx(term, rel=1e-5)
+    assert trainer._metrics["train"]["self_assessment/loss"][-1] == 0.0
+
+
+@pytest.fixture
+def gemma_dir(tokenizer, tmp_path):
+    """A tiny Gemma 2 (soft-capped logits), large enough logits that the cap matters."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(10.0)
+    path = tmp_path / "gemma"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_level_logits_are_the_models_own(gemma_dir, tokenizer, tmp_path):
+    """The score levels read from the backbone hook equal the model's logits (soft-capped) at the fused temperature."""
+    trainer = make_trainer(gemma_dir, tokenizer, tmp_path, temperature=0.7)
+    _, pcl = rollout(trainer)
+    rows = (pcl["self_assessment_target"] >= 0).nonzero().squeeze(1)
+    assert len(rows)
+    positions = pcl["prompt_ids"].size(1) + pcl["self_assessment_score_index"][rows]
+    ids = torch.cat([pcl["prompt_ids"], pcl["completion_ids"]], dim=1)
+    attention = torch.cat([pcl["prompt_mask"], pcl["completion_mask"]], dim=1)
+    level_ids = torch.tensor(trainer.segment_tokens.level_ids)
+    trainer._pcl_loss.reads = {"level": (rows, positions, level_ids, False)}
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits
+    trainer._pcl_loss.reads = {}
+    expected = logits[rows, positions - 1][:, level_ids] / 0.7
+    torch.testing.assert_close(trainer._pcl_loss.read_logits["level"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_weight_zero_gradients_equal_grpo_soft_capped(gemma_dir, tokenizer, tmp_path, beta):
+    """log p(EOS) at a replaced stop is the model's own, soft-capping included: weight 0 is still plain GRPO."""
+    trainer = make_trainer(gemma_dir, tokenizer, tmp_path, beta=beta, num_iterations=2, self_assessment_weight=0.0)
+    plain, pcl = rollout(trainer)
+    assert (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+
+def test_segment_log_probs_never_reach_the_kl(model_dir, tokenizer, tmp_path, monkeypatch):
+    """beta > 0: the reference log-probs are padded with 0 on the segment, so the policy must see 0 there too, however
+    unlikely the segment tokens are (exp(ref - logp) would overflow to inf, and inf * 0 = NaN in the masked mean)."""
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, beta=0.04, self_assessment_weight=0.0)
+    _, pcl = rollout(trainer)
+    segment = pcl["tool_mask"] == 0
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def very_unlikely_segment(self, *args, **kwargs):
+        logps, entropies, aux = original(self, *args, **kwargs)
+        return logps - 500.0 * segment, entropies, aux
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", very_unlikely_segment)
+    loss, g = grads(trainer, lambda: trainer._compute_loss(trainer.model, pcl))
+    assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in g.values())
+
+
+def test_logged_segment_term_is_the_loss_difference_with_gradient_accumulation(model_dir, tokenizer, tmp_path):
+    """TRL logs `loss` summed over a step's micro-batches; `self_assessment/loss` must be on the same scale."""
+    logs = {}
+    for weight in (0.0, 1.0):
+        trainer = make_trainer(
+            model_dir, tokenizer, tmp_path, gradient_accumulation_steps=2, self_assessment_weight=weight, beta=0.0,
+            max_completion_length=8, logging_steps=1,
+        )  # fmt: skip
+        trainer.train()
+        logs[weight] = trainer.state.log_history[0]
+    term = logs[1.0]["self_assessment/loss"]
+    assert term > 0 and logs[0.0]["self_assessment/loss"] == 0.0
+    assert logs[1.0]["loss"] - logs[0.0]["loss"] == pytest.approx(term, rel=1e-3, abs=1e-4)

@@ -10,7 +10,7 @@ import sys
 import types
 
 import pytest
-from conftest import addition_rows, cpu_args
+from conftest import addition_rows, cpu_args, parity_reward
 from datasets import Dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -51,10 +51,6 @@ def test_sft_self_assessment_metrics_reach_tensorboard(tiny_model, tokenizer, tm
     tags = assert_logged_as_in_history(events(tmp_path / "tb"), trainer)
     assert {f"train/self_assessment/{name}" for name in ("loss", "nll", "accuracy")} <= set(tags)
     assert len(scalar(events(tmp_path / "tb"), "train/self_assessment/loss")) == 2
-
-
-def parity_reward(completions, **kwargs):
-    return [float(len(c) % 2) for c in completions]  # mixed rewards on an untrained model
 
 
 def test_grpo_self_assessment_metrics_reach_tensorboard(model_dir, tokenizer, tmp_path, monkeypatch):
