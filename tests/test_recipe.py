@@ -39,14 +39,15 @@ def test_split_overrides():
 ASSESS = ("{trainer: sft, task: {name: chain_sum, size: 16000, seed: 7000000}, args: {max_steps: 400}, "
           "self_labelled: {task: {name: chain_sum, size: 16000, seed: 8000000}, max_new_tokens: 8}}")  # fmt: skip
 # The quickstart as SFT -> assess, benchmarked after the last stage only
-WITH_ASSESS = ["--stages.grpo", "null", "--stages.assess", ASSESS, "--calibrate.after_stages", "null",
+WITH_ASSESS = ["--stages.grpo", "null", "--stages.polish", "null", "--stages.assess", ASSESS, "--calibrate.after_stages", "null",
                "--calibrate.fit_task", "null"]  # fmt: skip
 
 
 def test_quickstart_parses():
     config, stages = load_recipe(recipe("quickstart.yaml"), ["--output_dir", "/tmp/qs"])
-    assert [s.name for s in stages] == ["sft", "grpo", "assess"]
-    sft, grpo, assess = stages
+    assert [s.name for s in stages] == ["sft", "grpo", "polish", "assess"]
+    sft, grpo, polish, assess = stages
+    assert polish.trainer == "sft" and polish.self_labelled is None
     assert isinstance(sft.args, PCLSFTConfig) and sft.args.output_dir == "/tmp/qs/sft"
     assert sft.args.bf16 is False and sft.args.self_assessment_levels == 10
     assert isinstance(grpo.args, PCLGRPOConfig) and grpo.args.self_assessment_mode == "teacher_forced"
@@ -223,7 +224,8 @@ def test_quickstart_shortened_end_to_end(tmp_path):
         "--stages.sft.task.size", "3000", "--stages.grpo.task.size", "200",
         "--stages.grpo.args.per_device_train_batch_size", "16", "--calibrate.task.size", "300",
         "--calibrate.shifted_task.size", "100", "--calibrate.fit_task.size", "300",
-        "--stages.assess.task.size", "300", "--stages.assess.self_labelled.task.size", "200",
+        "--stages.polish.task.size", "300", "--stages.assess.task.size", "300",
+        "--stages.assess.self_labelled.task.size", "200",
     ]  # fmt: skip
     assert main(["train", recipe("quickstart.yaml"), *argv]) == 0
     out = tmp_path / "calibration" / "assess"
@@ -287,10 +289,11 @@ def _shape_size(prompt):
 def test_quickstart_fresh_sets_do_not_overlap_training_sets():
     recipe_, stages = load_recipe(recipe("quickstart.yaml"), SMALL)
     sets = recipe_datasets(recipe_, stages)
-    assert list(sets) == ["stages.sft.task", "stages.grpo.task", "stages.assess.task", "stages.assess.self_labelled.task",
-                          "calibrate.task", "calibrate.shifted_task", "calibrate.fit_task"]  # fmt: skip
+    assert list(sets) == ["stages.sft.task", "stages.grpo.task", "stages.polish.task", "stages.assess.task",
+                          "stages.assess.self_labelled.task", "calibrate.task", "calibrate.shifted_task",
+                          "calibrate.fit_task"]  # fmt: skip
     report = check_recipe_overlap(recipe_, stages)
-    assert len(report) == 21 and all(pair["shared_indices"] == 0 for pair in report)
+    assert len(report) == 28 and all(pair["shared_indices"] == 0 for pair in report)
     # Far-apart seeds leave chance repeats: most questions of small problem cells (two 1-digit terms: 200 sums), and
     # almost none of large cells, which a shifted copy of a training set would repeat as often
     for fresh in ("calibrate.fit_task", "calibrate.task"):
@@ -306,7 +309,7 @@ def test_quickstart_fresh_sets_do_not_overlap_training_sets():
             assert sum(prompt_text(p) in trained for p in large) <= 0.01 * len(large), (fresh, train)
             assert sum(prompt_text(p) in trained for p in small) >= 0.5 * len(small), (fresh, train)
     shifted = [p for p in report if "calibrate.shifted_task" in (p["a"], p["b"])]
-    assert [p["shared_prompts"] for p in shifted] == [0] * 6
+    assert [p["shared_prompts"] for p in shifted] == [0] * 7
 
 
 @pytest.mark.parametrize(
@@ -329,7 +332,8 @@ def test_prompt_overlap_beyond_tolerance_refused():
     tiny = "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}"
     argv = ["--stages.sft.task.size", "500", "--stages.sft.task.config", tiny, "--calibrate.task.size", "300",
             "--calibrate.task.config", tiny, "--stages.grpo", "null", "--calibrate.shifted_task", "null",
-            "--calibrate.fit_task", "null", "--calibrate.after_stages", "null", "--stages.assess", "null"]  # fmt: skip
+            "--calibrate.fit_task", "null", "--calibrate.after_stages", "null", "--stages.assess", "null",
+            "--stages.polish", "null"]  # fmt: skip
     recipe_, stages = load_recipe(recipe("quickstart.yaml"), argv)  # index ranges are disjoint
     with pytest.raises(OverlapError, match=r"`stages.sft.task` .* and `calibrate.task` .* share \d+ of \d+ distinct "
                                            r"prompts .* above overlap_tolerance 0.45"):  # fmt: skip

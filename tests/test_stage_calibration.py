@@ -86,7 +86,7 @@ def test_recipe_benchmarks_each_stage_with_the_evaluated_models_answers(tmp_path
     tiny = "{hidden_size: 32, num_layers: 1, num_heads: 2, max_position_embeddings: 64}"
     argv = [
         "--output_dir", str(tmp_path), "--model.tiny", tiny, "--max_steps", "2", "--logging_steps", "1",
-        "--stages.sft.task.size", "300", "--stages.grpo.task.size", "64",
+        "--stages.sft.task.size", "300", "--stages.grpo.task.size", "64", "--stages.polish.task.size", "50",
         "--stages.grpo.args.per_device_train_batch_size", "8", "--stages.grpo.args.num_generations", "4",
         "--calibrate.task.size", "40", "--calibrate.shifted_task.size", "20", "--calibrate.fit_task.size", "30",
         "--calibrate.self_consistency_k", "0", "--calibrate.max_new_tokens", "4",

@@ -135,7 +135,7 @@ def test_recipe_logs_calibration_to_tensorboard(tmp_path, monkeypatch):
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart.yaml")
     argv = ["--output_dir", str(tmp_path), "--report_to", "tensorboard", "--max_steps", "2", "--logging_steps", "1",
-            "--stages.assess", "null", "--stages.grpo", "null", "--calibrate.after_stages", "null",
+            "--stages.assess", "null", "--stages.polish", "null", "--stages.grpo", "null", "--calibrate.after_stages", "null",
             "--calibrate.fit_task", "null", "--stages.sft.task.size", "200", "--calibrate.task.size", "30",
             "--calibrate.shifted_task", "null", "--calibrate.self_consistency_k", "0", "--calibrate.n_boot", "50",
             "--model.tiny", "{hidden_size: 32, num_layers: 1, num_heads: 2, max_position_embeddings: 64}"]  # fmt: skip

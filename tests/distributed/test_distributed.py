@@ -195,7 +195,7 @@ def test_pcl_train_recipe_under_zero3(tmp_path):
         *prefix, "-m", "pcl.cli", "train", str(RECIPES.parent / "quickstart.yaml"),
         "--ddp_backend", "gloo", "--use_cpu", "false", "--bf16", "false", "--output_dir", str(tmp_path),
         "--max_steps", "2", "--disable_tqdm", "true", "--stages.sft.task.size", "200",
-        "--stages.assess.task.size", "50", "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "30",
+        "--stages.polish.task.size", "50", "--stages.assess.task.size", "50", "--stages.assess.self_labelled.task.size", "50", "--calibrate.task.size", "30",
         "--stages.grpo.task.size", "64", "--stages.grpo.args.per_device_train_batch_size", "8",
         "--stages.grpo.args.num_generations", "4", "--calibrate.fit_task.size", "30", "--calibrate.shifted_task", "null",
         "--calibrate.self_consistency_k", "0",
