@@ -34,6 +34,19 @@ def args(**kwargs):
     return PCLGRPOConfig(output_dir="x", bf16=False, **kwargs)
 
 
+def assert_loss_and_gradients_equal_grpo(trainer, plain: dict, pcl: dict) -> None:
+    """PCL's loss on the segmented batch equals GRPO's on the plain one, and so does every parameter's gradient."""
+    with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model = trainer.model
+    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
+    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
+    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+
+
 def test_teacher_forced_reads_policy_log_probs_and_nll():
     inputs = batch()
     loss = SegmentLoss(None, TOKENS, temperature=1.0)
@@ -157,15 +170,7 @@ def test_weight_zero_gradients_equal_grpo(model_dir, tokenizer, tmp_path, loss_t
     assert (
         pcl["self_assessment_mask"].any() and (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
     )
-    with torch.no_grad():  # move the policy away from the one that sampled, so ratios and clipping are exercised
-        for p in trainer.model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    model = trainer.model
-    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
-    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
-    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
-    for name, g in g_plain.items():
-        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+    assert_loss_and_gradients_equal_grpo(trainer, plain, pcl)
 
 
 def hand_segment_nll(model, pcl, tokens, temperature=1.0):
@@ -344,15 +349,7 @@ def test_weight_zero_gradients_equal_grpo_soft_capped(gemma_dir, tokenizer, tmp_
     trainer = make_trainer(gemma_dir, tokenizer, tmp_path, beta=beta, num_iterations=2, self_assessment_weight=0.0)
     plain, pcl = rollout(trainer)
     assert (pcl["self_assessment_stop_id"] == trainer.segment_tokens.eos_id).any()
-    with torch.no_grad():
-        for p in trainer.model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    model = trainer.model
-    loss_plain, g_plain = grads(trainer, lambda: GRPOTrainer._compute_loss(trainer, model, plain))
-    loss_pcl, g_pcl = grads(trainer, lambda: trainer._compute_loss(model, pcl))
-    torch.testing.assert_close(loss_pcl, loss_plain, rtol=1e-5, atol=1e-7)
-    for name, g in g_plain.items():
-        torch.testing.assert_close(g_pcl[name], g, rtol=1e-4, atol=1e-7)
+    assert_loss_and_gradients_equal_grpo(trainer, plain, pcl)
 
 
 def test_segment_log_probs_never_reach_the_kl(model_dir, tokenizer, tmp_path, monkeypatch):
