@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment (CPU PyTorch, pcl and its dev tools) in .venv, then run the embedded quickstart:
-# a tiny model trained from scratch with PCL on CPU (SFT, then PCL-GRPO), benchmarked after each stage
-# (outputs/quickstart/calibration/).
+# a tiny model trained from scratch with PCL on CPU (SFT, PCL-GRPO, more SFT on gold answers, then a stage that
+# distils the self-score), benchmarked after SFT, after GRPO and at the end (outputs/quickstart/calibration/).
 #   ./run.sh                      set up (first time only) and run the quickstart
 #   ./run.sh --setup-only         set up only
 #   ./run.sh --max_steps 20 ...   extra flags go to `pcl train recipes/quickstart.yaml`

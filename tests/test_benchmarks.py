@@ -27,8 +27,8 @@ def test_calibration_benchmark_script(tmp_path, tokenizer, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     sizes = ["--stages.sft.task.size", "3000", "--stages.grpo.task.size", "300", "--calibrate.fit_task.size", "300",
-             "--stages.assess.task.size", "300", "--stages.assess.self_labelled.task.size", "300",
-             "--output_dir", str(tmp_path / "run")]  # fmt: skip
+             "--stages.polish.task.size", "300", "--stages.assess.task.size", "300",
+             "--stages.assess.self_labelled.task.size", "300", "--output_dir", str(tmp_path / "run")]  # fmt: skip
     out = tmp_path / "cal.json"
     metrics = script.main([str(tmp_path / "model"), "--recipe", str(ROOT / "recipes" / "quickstart.yaml"), "--size",
                            "40", "--shifted_size", "10", "--n_boot", "20", "--out", str(out), "--", *sizes])  # fmt: skip
@@ -39,7 +39,7 @@ def test_calibration_benchmark_script(tmp_path, tokenizer, capsys):
     assert len(items) == metrics["n"] + metrics["shifted"]["n"]
     cfg = {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2}
     # training sets (the self-labelled questions too), and the fit questions (labelled data, so seen too)
-    sets = ((1, 3000), (2000000, 300), (7000000, 300), (8000000, 300), (3000000, 300))
+    sets = ((1, 3000), (2000000, 300), (7000000, 300), (9000000, 300), (8000000, 300), (3000000, 300))
     trained = {prompt_text(p) for seed, size in sets
                for p in load_task(TaskSpec("chain_sum", size=size, seed=seed, config=cfg))["prompt"]}  # fmt: skip
     heldout = [r for r in items if r["split"] == "heldout"]

@@ -78,8 +78,8 @@ def test_compare_stages_pairs_accuracy_over_the_same_items(tmp_path):
 
 @pytest.mark.slow
 def test_recipe_benchmarks_each_stage_with_the_evaluated_models_answers(tmp_path):
-    """SFT → GRPO with `after_stages: [sft, grpo]` and a fit split: each stage is benchmarked on the same items, its
-    baselines fit on its own answers to the fit questions, and the stages are compared side by side."""
+    """The quickstart with `after_stages: [sft, grpo, assess]` and a fit split: each benchmarked stage is evaluated on
+    the same items, its baselines fit on its own answers to the fit questions, and the stages compared side by side."""
     import pcl.inference
     from pcl.marker import load_pcl_model
 
