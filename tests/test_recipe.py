@@ -35,7 +35,7 @@ def test_split_overrides():
 
 
 # A PCL-SFT stage on the model's own self-labelled answers (the old quickstart's second stage), for the tests of
-# self-labelling; seeds clear of every quickstart set
+# self-labelling; seeds clear of every other quickstart set once `polish` (seed 7000000) is dropped (WITH_ASSESS)
 ASSESS = ("{trainer: sft, task: {name: chain_sum, size: 16000, seed: 7000000}, args: {max_steps: 400}, "
           "self_labelled: {task: {name: chain_sum, size: 16000, seed: 8000000}, max_new_tokens: 8}}")  # fmt: skip
 # The quickstart as SFT -> assess, benchmarked after the last stage only
@@ -48,6 +48,8 @@ def test_quickstart_parses():
     assert [s.name for s in stages] == ["sft", "grpo", "polish", "assess"]
     sft, grpo, polish, assess = stages
     assert polish.trainer == "sft" and polish.self_labelled is None
+    # the score is distilled at a lower learning rate than the answers were polished at, so the answers stay put
+    assert assess.args.learning_rate < polish.args.learning_rate
     assert isinstance(sft.args, PCLSFTConfig) and sft.args.output_dir == "/tmp/qs/sft"
     assert sft.args.bf16 is False and sft.args.self_assessment_levels == 10
     assert isinstance(grpo.args, PCLGRPOConfig) and grpo.args.self_assessment_mode == "teacher_forced"
@@ -277,7 +279,8 @@ def test_calibrate_refuses_non_pcl_model(tmp_path, tokenizer):
 # ---------------------------------------------------------------- disjoint datasets
 
 # The quickstart's sets, shrunk so that loading them takes seconds (same seeds and configs)
-SMALL = ["--stages.sft.task.size", "20000", "--stages.grpo.task.size", "4000"]  # assess's sets are 8000 each
+# polish's and assess's sets are 8000 each
+SMALL = ["--stages.sft.task.size", "20000", "--stages.grpo.task.size", "4000"]
 
 
 def _shape_size(prompt):
