@@ -41,7 +41,6 @@ class SegmentLoss:
         self.read_logits = {}
         self.segment_rows = None  # (rows, positions, factor): hidden states whose gradient is scaled
         self.stop_mask = self.eos_mask = self.eos_sel = self.logps = None
-        self._forward_nll_mask = None  # `nll_mask` of the last armed forward, for `nll`
 
     @contextlib.contextmanager
     def armed(self, inputs: dict, args: PCLGRPOConfig) -> Iterator[None]:
@@ -85,7 +84,7 @@ class SegmentLoss:
         finally:
             self.reads = {}
             self.segment_rows = None
-            self._forward_nll_mask, self.nll_mask = self.nll_mask, None
+            self.nll_mask = None
 
     def read_head_rows(self, module, args, output) -> None:
         """Backbone forward hook: the logits of a few LM-head rows at requested positions, computed like the model's
@@ -138,13 +137,13 @@ class SegmentLoss:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """After the armed forward: `(nll_sum, n_items, level_logp)`, the segment NLL's sum and item count (both `None`
         where the mode trains no NLL: generated), and the score levels' log-probs at the scored rows (`None` unread)."""
-        nll_mask, self._forward_nll_mask = self._forward_nll_mask, None
         level_logits = self.read_logits.pop("level", None)
         stop_logits = self.read_logits.pop("stop", None)
         self.read_logits = {}
         level_logp = None if level_logits is None else level_logits.log_softmax(-1)
         target = inputs["self_assessment_target"]
-        if "self_assessment_mask" in inputs:  # teacher-forced
+        if "self_assessment_mask" in inputs:  # teacher-forced: the armed forward's `nll_mask`
+            nll_mask = inputs["self_assessment_mask"]
             nll_sum = -(self.logps * (nll_mask & ~self.stop_mask)).sum()
             if stop_logits is not None:
                 # At the stop: the marker's share of the stop mass, log p(MARKER) - log sum p(stop ids). Whether to
